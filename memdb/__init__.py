@@ -1,0 +1,66 @@
+"""django-memdb: keep chosen Django models in an in-memory database.
+
+``memdb.configure(globals())`` at the end of a settings module wires everything up;
+see the README for the fully manual way. Importing this package must stay cheap and
+free of Django model imports, because settings modules import it.
+"""
+
+from __future__ import annotations
+
+from collections.abc import MutableMapping
+from typing import Any
+
+__all__ = ["configure", "memory_database_name", "PROCESS_ENCODE", "PROCESS_DECODE"]
+__version__ = "0.1.0"
+
+#: Values of the 0.0.6 ``MEMDB_PROCESS_ENCODE`` / ``MEMDB_PROCESS_DECODE`` settings.
+PROCESS_ENCODE = "encode"
+PROCESS_DECODE = "decode"
+
+ENGINE = "memdb.backends.sqlite3"
+ROUTER = "memdb.router.MemDBRouter"
+
+
+def memory_database_name(alias: str) -> str:
+    """The URI of the named shared-cache SQLite memory database used for ``alias``.
+
+    The name is what lets every connection of the process (one per thread) share one
+    database, where a plain ``:memory:`` would give each connection its own.
+    """
+    return f"file:memdb_{alias}?mode=memory&cache=shared"
+
+
+def configure(settings: MutableMapping[str, Any], *, alias: str = "memdb") -> None:
+    """Add the memdb app, the memory database alias and the router to ``settings``.
+
+    Call it as ``memdb.configure(globals())`` at the end of a settings module. It only
+    adds what is missing, so an explicit ``DATABASES[alias]`` entry or router order wins.
+    """
+    apps = list(settings.get("INSTALLED_APPS", []))
+    if "memdb" not in apps and "memdb.apps.MemDBConfig" not in apps:
+        apps.append("memdb")
+    settings["INSTALLED_APPS"] = apps
+
+    databases = settings.setdefault("DATABASES", {})
+    databases.setdefault(
+        alias,
+        {
+            "ENGINE": ENGINE,
+            "NAME": memory_database_name(alias),
+            # The memory schema is built from the models at first use, not by
+            # migrations; the test runner must not replay them either.
+            "TEST": {"MIGRATE": False},
+        },
+    )
+
+    routers = list(settings.get("DATABASE_ROUTERS", []))
+    if ROUTER not in routers:
+        routers.insert(0, ROUTER)
+    settings["DATABASE_ROUTERS"] = routers
+
+    memdb_settings = dict(settings.get("MEMDB", {}))
+    if alias != "memdb":
+        memdb_settings.setdefault("ALIAS", alias)
+    settings["MEMDB"] = memdb_settings
+    settings.setdefault("MEMDB_PROCESS_ENCODE", PROCESS_ENCODE)
+    settings.setdefault("MEMDB_PROCESS_DECODE", PROCESS_DECODE)

@@ -1,0 +1,161 @@
+"""The public operations of django-memdb: the one way in for admin, REST and commands.
+
+Labels are ``"app_label.ModelName"`` (case-insensitive); no labels means every table.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from datetime import datetime
+
+from . import store
+from .exceptions import MemdbError, RestoreError
+from .registry import is_persistent, label_of, memory_models, policy_of, resolve
+from .restore import RestoreResult, restore_model
+from .spooler import SpoolResult, flush, spool_model, stored_snapshots
+
+__all__ = [
+    "TableInfo",
+    "SpoolResult",
+    "RestoreResult",
+    "spool",
+    "restore",
+    "discard",
+    "flush",
+    "tables",
+]
+
+
+@dataclass(frozen=True)
+class TableInfo:
+    """What ``tables()`` reports of one memory table."""
+
+    label: str
+    app_label: str
+    model_name: str
+    table: str
+    persistent: bool
+    #: "commit", "interval" or "manual"; None for memory-only tables.
+    policy: str | None
+    rows: int
+    #: Changed since its last snapshot (always False for memory-only tables).
+    dirty: bool
+    last_spooled: datetime | None
+    snapshot_bytes: int | None
+    snapshot_rows: int | None
+    generation: int | None
+    codecs: tuple[str, ...]
+    #: "ok" (restored in this process), "failed", or "none" (nothing restored).
+    restore_state: str
+    restore_error: str | None
+
+
+def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
+    """Write the named persistent tables (all when none are named) to ``PersistentStorage``.
+
+    ``force`` overwrites a snapshot another process wrote or one that failed to restore.
+    Raises ``UnknownTableError``, ``NotPersistentError``, ``ConflictError`` or ``SpoolError``.
+    """
+    return [spool_model(model, force=force) for model in resolve(labels, persistent_only=True)]
+
+
+def restore(*labels: str) -> list[RestoreResult]:
+    """Replace the named tables (all stored ones when none are named) with their snapshots.
+
+    The first failure is raised after the other tables were tried; each failed table
+    keeps its snapshot and stays protected from spools.
+    """
+    models = resolve(labels, persistent_only=True)
+    if not labels:
+        models = [m for m in models if stored_snapshots(m).exists()]
+    results: list[RestoreResult] = []
+    errors: list[MemdbError] = []
+    for model in models:
+        try:
+            results.append(restore_model(model))
+        except MemdbError as exc:
+            errors.append(exc)
+    if errors:
+        raise RestoreError("; ".join(str(e) for e in errors)) from errors[0]
+    return results
+
+
+def discard(*labels: str) -> int:
+    """Delete the stored snapshots of the named tables; return how many were deleted.
+
+    This is the explicit way out for a snapshot that cannot be restored: afterwards the
+    table spools again from what is in memory.
+    """
+    models = resolve(labels, persistent_only=True)
+    store.ensure_ready()
+    state = store.current_state()
+    deleted = 0
+    for model in models:
+        table_state = state.table(label_of(model))
+        with table_state.lock:
+            deleted += stored_snapshots(model).delete()[0]
+            table_state.restore_error = None
+            table_state.generation = 0
+    return deleted
+
+
+def tables(*labels: str) -> list[TableInfo]:
+    """Stats of the named memory tables (all when none are named)."""
+    models = resolve(labels, persistent_only=False) if labels else memory_models()
+    store.ensure_ready()
+    state = store.current_state()
+    from .models import PersistentStorage
+    from .spooler import storage_alias
+
+    snapshots = {
+        (row["app_label"], row["model_name"]): row
+        for row in PersistentStorage.objects.using(storage_alias())
+        .filter(kind=PersistentStorage.KIND_SNAPSHOT)
+        .order_by("generation")
+        .values(
+            "app_label", "model_name", "size", "row_count", "generation", "codecs", "updated_at"
+        )
+    }
+    with store.raw_connection(state.name) as conn:
+        counters = store.change_counters(conn)
+        counts = {
+            m._meta.db_table: store.retry_locked(
+                lambda m=m: conn.execute(
+                    f"SELECT count(*) FROM {store.quote(m._meta.db_table)}"
+                ).fetchone()[0]
+            )
+            for m in models
+        }
+    infos = []
+    for model in models:
+        persistent = is_persistent(model)
+        snap = snapshots.get((model._meta.app_label, model._meta.object_name))
+        seq, spooled = counters.get(model._meta.db_table, (0, 0))
+        table_state = state.tables.get(label_of(model))
+        restore_error = table_state.restore_error if table_state else None
+        if restore_error:
+            restore_state = "failed"
+        elif table_state and table_state.restored:
+            restore_state = "ok"
+        else:
+            restore_state = "none"
+        infos.append(
+            TableInfo(
+                label=label_of(model),
+                app_label=model._meta.app_label,
+                model_name=model._meta.object_name,
+                table=model._meta.db_table,
+                persistent=persistent,
+                policy=policy_of(model) if persistent else None,
+                rows=counts[model._meta.db_table],
+                dirty=persistent and seq != spooled,
+                last_spooled=snap["updated_at"] if snap else None,
+                snapshot_bytes=snap["size"] if snap else None,
+                snapshot_rows=snap["row_count"] if snap else None,
+                generation=snap["generation"] if snap else None,
+                codecs=tuple(snap["codecs"]) if snap else (),
+                restore_state=restore_state,
+                restore_error=restore_error,
+            )
+        )
+    return infos

@@ -1,0 +1,182 @@
+"""System checks for every misconfiguration memdb can see without a database query."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.conf import settings
+from django.core import checks
+
+from . import ENGINE, ROUTER
+from .conf import DEFAULTS, POLICIES, memdb_settings
+
+E001 = "memdb.E001"  # memory alias missing from DATABASES
+E002 = "memdb.E002"  # router missing from DATABASE_ROUTERS
+E003 = "memdb.E003"  # memory alias uses another engine
+E004 = "memdb.E004"  # memory alias NAME is not a named shared-cache memory database
+E005 = "memdb.E005"  # relation between a memory model and a default-database model
+E006 = "memdb.E006"  # MEMDB["POLICY"] or a model's memdb_policy is not a policy
+E007 = "memdb.E007"  # MEMDB["INTERVAL"] or MEMDB["LOCK_TIMEOUT"] is not a positive number
+E008 = "memdb.E008"  # unknown codec in MEMDB["CODECS"] or a model's memdb_codecs
+W001 = "memdb.W001"  # unknown key in MEMDB
+W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
+
+
+@checks.register("memdb")
+def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    errors: list[checks.CheckMessage] = []
+    alias = memdb_settings.ALIAS
+    database = settings.DATABASES.get(alias)
+    if database is None:
+        errors.append(
+            checks.Error(
+                f"DATABASES has no entry for the memory alias {alias!r}.",
+                hint="Call memdb.configure(globals()) at the end of settings, or add "
+                f"DATABASES[{alias!r}] = {{'ENGINE': {ENGINE!r}, ...}} (see the README); "
+                "MEMDB['ALIAS'] names the alias.",
+                id=E001,
+            )
+        )
+    else:
+        if database.get("ENGINE") != ENGINE:
+            errors.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}]['ENGINE'] is {database.get('ENGINE')!r}, not "
+                    f"the in-memory engine {ENGINE!r}.",
+                    hint=f"Set DATABASES[{alias!r}]['ENGINE'] = {ENGINE!r}.",
+                    id=E003,
+                )
+            )
+        name = str(database.get("NAME") or "")
+        if not (name.startswith("file:") and "mode=memory" in name and "cache=shared" in name):
+            errors.append(
+                checks.Error(
+                    f"DATABASES[{alias!r}]['NAME'] is {name!r}, not a named shared-cache "
+                    "memory database: each connection would get its own empty database.",
+                    hint=f"Use memdb.memory_database_name({alias!r}), i.e. "
+                    f"'file:memdb_{alias}?mode=memory&cache=shared'.",
+                    id=E004,
+                )
+            )
+        if (database.get("TEST") or {}).get("MIGRATE", True) is not False:
+            errors.append(
+                checks.Warning(
+                    f"DATABASES[{alias!r}]['TEST']['MIGRATE'] is not False: the test runner "
+                    "would replay migrations on tables memdb already built from the models.",
+                    hint=f"Set DATABASES[{alias!r}]['TEST'] = {{'MIGRATE': False}}.",
+                    id=W002,
+                )
+            )
+    if ROUTER not in getattr(settings, "DATABASE_ROUTERS", []):
+        errors.append(
+            checks.Error(
+                f"{ROUTER!r} is not in DATABASE_ROUTERS: memory models would be stored "
+                "in the default database.",
+                hint=f"Add {ROUTER!r} to the start of DATABASE_ROUTERS.",
+                id=E002,
+            )
+        )
+    policy = memdb_settings.POLICY
+    if policy not in POLICIES:
+        errors.append(
+            checks.Error(
+                f"MEMDB['POLICY'] is {policy!r}, not one of {', '.join(POLICIES)}.",
+                hint="Set MEMDB['POLICY'] to 'commit', 'interval' or 'manual'.",
+                id=E006,
+            )
+        )
+    for key in ("INTERVAL", "LOCK_TIMEOUT"):
+        value = getattr(memdb_settings, key)
+        if isinstance(value, bool) or not isinstance(value, (int, float)) or value <= 0:
+            errors.append(
+                checks.Error(
+                    f"MEMDB[{key!r}] is {value!r}; it must be a positive number of seconds.",
+                    hint=f"Set MEMDB[{key!r}] to e.g. {DEFAULTS[key]}.",
+                    id=E007,
+                )
+            )
+    for key in memdb_settings.unknown_keys:
+        errors.append(
+            checks.Warning(
+                f"MEMDB has an unknown key {key!r}; it is ignored.",
+                hint=f"Known keys: {', '.join(sorted(DEFAULTS))}.",
+                id=W001,
+            )
+        )
+    errors.extend(_codec_errors("MEMDB['CODECS']", memdb_settings.CODECS, None))
+    return errors
+
+
+@checks.register(checks.Tags.models, "memdb")
+def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
+    from django.apps import apps
+
+    from .registry import is_memory_model
+
+    errors: list[checks.CheckMessage] = []
+    for model in apps.get_models():
+        if app_configs is not None and model._meta.app_config not in app_configs:
+            continue
+        memory = is_memory_model(model)
+        for field in model._meta.get_fields(include_hidden=False):
+            if (
+                not (field.is_relation and field.concrete or field.many_to_many)
+                or field.auto_created
+            ):
+                continue
+            target = field.related_model
+            if not isinstance(target, type) or is_memory_model(target) == memory:
+                continue
+            where = "a memory model" if memory else "a default-database model"
+            other = "a default-database model" if memory else "a memory model"
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}.{field.name} relates {where} to {other} "
+                    f"({target._meta.label}); the two live in different databases, so the "
+                    "relation cannot be enforced or joined.",
+                    hint=f"Tag {target._meta.label} like {model._meta.label}, or store the "
+                    "key in a plain field (e.g. IntegerField) instead of a relation.",
+                    obj=field,
+                    id=E005,
+                )
+            )
+        if not memory:
+            continue
+        policy = getattr(model, "memdb_policy", None)
+        if policy is not None and policy not in POLICIES:
+            errors.append(
+                checks.Error(
+                    f"{model._meta.label}.memdb_policy is {policy!r}, not one of "
+                    f"{', '.join(POLICIES)}.",
+                    hint="Set memdb_policy to 'commit', 'interval', 'manual' or None.",
+                    obj=model,
+                    id=E006,
+                )
+            )
+        codecs = getattr(model, "memdb_codecs", None)
+        if codecs is not None:
+            errors.extend(_codec_errors(f"{model._meta.label}.memdb_codecs", codecs, model))
+    return errors
+
+
+def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]:
+    from .codecs import get_codec
+    from .exceptions import CodecError
+
+    errors = []
+    if isinstance(names, str):
+        names = [names]
+    for name in names:
+        try:
+            get_codec(name)
+        except CodecError as exc:
+            errors.append(
+                checks.Error(
+                    f"{where} names codec {name!r}: {exc}",
+                    hint="Use a built-in codec name (zlib, gzip, bz2, lzma) or the import "
+                    "path of a codec class.",
+                    obj=obj,
+                    id=E008,
+                )
+            )
+    return errors

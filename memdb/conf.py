@@ -1,0 +1,86 @@
+"""The ``MEMDB`` settings dict: defaults, normalisation and reload on ``setting_changed``."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Any
+
+from django.conf import settings
+from django.core.signals import setting_changed
+from django.dispatch import receiver
+
+POLICIES = ("commit", "interval", "manual")
+
+#: Every key of ``settings.MEMDB`` with its default.
+DEFAULTS: dict[str, Any] = {
+    # Database alias of the in-memory store (``memdb.configure`` adds it to DATABASES).
+    "ALIAS": "memdb",
+    # When persistent tables are spooled: "commit" (before each committed write
+    # returns), "interval" (a background thread every INTERVAL seconds) or "manual"
+    # (admin, API, command, and at clean shutdown). A model's ``memdb_policy`` overrides.
+    "POLICY": "interval",
+    # Seconds between two spools of dirty tables under the "interval" policy: at most
+    # this much recent work is lost if the process crashes.
+    "INTERVAL": 1.0,
+    # Restore every stored snapshot at the first use of the memory alias in a process.
+    "RESTORE_ON_START": True,
+    # Spool dirty persistent tables when the process exits cleanly (atexit, SIGTERM).
+    "FLUSH_ON_EXIT": True,
+    # Seconds a statement on the memory database waits for a table lock held by
+    # another thread before the "database table is locked" error reaches the caller.
+    "LOCK_TIMEOUT": 10.0,
+    # Codec names or import paths applied in order to every snapshot's bytes
+    # (a model's ``memdb_codecs`` overrides). Built-ins: zlib, gzip, bz2, lzma.
+    "CODECS": (),
+}
+
+
+@dataclass(frozen=True)
+class MemDBSettings:
+    ALIAS: str
+    POLICY: str
+    INTERVAL: float
+    RESTORE_ON_START: bool
+    FLUSH_ON_EXIT: bool
+    LOCK_TIMEOUT: float
+    CODECS: tuple[str, ...]
+    unknown_keys: tuple[str, ...] = ()
+
+
+def _load() -> MemDBSettings:
+    user = dict(getattr(settings, "MEMDB", {}) or {})
+    values = {**DEFAULTS, **user}
+    unknown = tuple(sorted(k for k in user if k not in DEFAULTS))
+    return MemDBSettings(
+        ALIAS=values["ALIAS"],
+        POLICY=values["POLICY"],
+        INTERVAL=values["INTERVAL"],
+        RESTORE_ON_START=bool(values["RESTORE_ON_START"]),
+        FLUSH_ON_EXIT=bool(values["FLUSH_ON_EXIT"]),
+        LOCK_TIMEOUT=values["LOCK_TIMEOUT"],
+        CODECS=tuple(values["CODECS"] or ()),
+        unknown_keys=unknown,
+    )
+
+
+class _Proxy:
+    """``memdb_settings.POLICY`` etc., read from Django settings and cached until they change."""
+
+    _cached: MemDBSettings | None = None
+
+    def __getattr__(self, name: str) -> Any:
+        if self._cached is None:
+            type(self)._cached = _load()
+        return getattr(self._cached, name)
+
+    def reload(self) -> None:
+        type(self)._cached = None
+
+
+memdb_settings: Any = _Proxy()
+
+
+@receiver(setting_changed)
+def _reload(*, setting: str, **kwargs: Any) -> None:
+    if setting in ("MEMDB", "DATABASES"):
+        memdb_settings.reload()

@@ -1,0 +1,56 @@
+"""``PersistentStorage``: the snapshots that let memory tables survive a restart."""
+
+from __future__ import annotations
+
+from django.db import models
+
+
+class PersistentStorage(models.Model):
+    """One stored snapshot of one memory table, in the default database.
+
+    A table has one current row of kind ``snapshot``; a spool inserts the next
+    generation and deletes the previous one in the same transaction, so a crash at any
+    point leaves one complete snapshot. ``kind`` leaves room for an incremental journal
+    (a base snapshot plus ``delta`` rows) without changing the table.
+    """
+
+    KIND_SNAPSHOT = "snapshot"
+    KIND_CHOICES = [(KIND_SNAPSHOT, "snapshot (the whole table)")]
+
+    app_label = models.CharField(max_length=100)
+    model_name = models.CharField(max_length=100, help_text="The model's class name.")
+    kind = models.CharField(max_length=16, choices=KIND_CHOICES, default=KIND_SNAPSHOT)
+    format = models.CharField(max_length=32, help_text="How rows were turned into bytes.")
+    format_version = models.PositiveSmallIntegerField()
+    codecs = models.JSONField(
+        default=list, blank=True, help_text="Codec chain applied after the format, in order."
+    )
+    row_count = models.PositiveBigIntegerField()
+    size = models.PositiveBigIntegerField(help_text="Bytes of data as stored.")
+    checksum = models.CharField(max_length=64, help_text="sha256 of data as stored.")
+    generation = models.PositiveBigIntegerField(
+        help_text="Counts the table's snapshots; detects two processes writing one table."
+    )
+    written_by = models.CharField(max_length=255, blank=True, help_text="host and pid")
+    created_at = models.DateTimeField(help_text="When the table was first stored.")
+    updated_at = models.DateTimeField(help_text="When this snapshot was written.")
+    data = models.BinaryField()
+
+    class Meta:
+        verbose_name = "persistent storage"
+        verbose_name_plural = "persistent storage"
+        ordering = ["app_label", "model_name", "kind", "generation"]
+        constraints = [
+            models.UniqueConstraint(
+                fields=["app_label", "model_name", "kind", "generation"],
+                name="memdb_storage_one_per_generation",
+            )
+        ]
+        indexes = [models.Index(fields=["app_label", "model_name"], name="memdb_storage_table")]
+
+    def __str__(self) -> str:
+        return f"{self.label} {self.kind} #{self.generation}"
+
+    @property
+    def label(self) -> str:
+        return f"{self.app_label}.{self.model_name}"

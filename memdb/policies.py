@@ -1,0 +1,132 @@
+"""When spooling happens: ``commit``, ``interval`` and ``manual``, plus the flush at exit."""
+
+from __future__ import annotations
+
+import atexit
+import logging
+import signal
+import threading
+from functools import cache
+from typing import Any
+
+from django.core.signals import setting_changed
+from django.db import close_old_connections
+
+from .conf import memdb_settings
+
+logger = logging.getLogger("memdb")
+
+
+@cache
+def tables_with_policy(policy: str) -> frozenset[str]:
+    from .registry import persistent_models, policy_of
+
+    return frozenset(m._meta.label for m in persistent_models() if policy_of(m) == policy)
+
+
+def _clear_cache(**kwargs: Any) -> None:
+    tables_with_policy.cache_clear()
+
+
+setting_changed.connect(_clear_cache)
+
+
+def spool_on_commit(wrapper: Any) -> None:
+    """Have the outermost ``atomic()`` of ``wrapper`` spool ``commit`` tables as it commits."""
+    if not any(func is spool_committed for _, func, _ in wrapper.run_on_commit):
+        wrapper.on_commit(spool_committed)
+
+
+def spool_committed() -> None:
+    """Spool the dirty ``commit``-policy tables; errors reach the writer."""
+    from .spooler import flush
+
+    flush(policy="commit", raise_errors=True)
+
+
+class IntervalSpooler(threading.Thread):
+    """Spools dirty ``interval``-policy tables every ``MEMDB["INTERVAL"]`` seconds."""
+
+    def __init__(self) -> None:
+        super().__init__(name="memdb-interval-spooler", daemon=True)
+        self.stopping = threading.Event()
+
+    def run(self) -> None:
+        from .spooler import flush
+
+        while not self.stopping.wait(float(memdb_settings.INTERVAL)):
+            try:
+                flush(policy="interval")
+            except Exception:
+                logger.exception("memdb: interval spool failed")
+            finally:
+                close_old_connections()
+
+    def stop(self, timeout: float = 30.0) -> None:
+        self.stopping.set()
+        if self.is_alive() and self is not threading.current_thread():
+            self.join(timeout)
+
+
+_interval: IntervalSpooler | None = None
+_interval_lock = threading.Lock()
+
+
+def process_started() -> None:
+    """Start the interval spooler once the memory database is ready, if a table needs it."""
+    global _interval
+    if not tables_with_policy("interval"):
+        return
+    with _interval_lock:
+        if _interval is None or not _interval.is_alive():
+            _interval = IntervalSpooler()
+            _interval.start()
+
+
+def stop_interval() -> None:
+    global _interval
+    with _interval_lock:
+        thread, _interval = _interval, None
+    if thread is not None:
+        thread.stop()
+
+
+def flush_at_exit() -> None:
+    """Spool every dirty persistent table, if this process used the memory database."""
+    from . import store
+    from .spooler import flush
+
+    stop_interval()
+    if not memdb_settings.FLUSH_ON_EXIT:
+        return
+    if not store.used_in_this_process():
+        return
+    try:
+        flush()
+    except Exception:
+        logger.exception("memdb: flush at exit failed; recent writes may be lost")
+
+
+_installed = False
+
+
+def install_exit_handlers() -> None:
+    """atexit always; SIGTERM only where nobody else handles it (a server's own handler wins)."""
+    global _installed
+    if _installed:
+        return
+    _installed = True
+    atexit.register(flush_at_exit)
+    if threading.current_thread() is not threading.main_thread():
+        return
+    try:
+        if signal.getsignal(signal.SIGTERM) is signal.SIG_DFL:
+            signal.signal(signal.SIGTERM, _on_sigterm)
+    except ValueError:  # pragma: no cover - not the main interpreter
+        pass
+
+
+def _on_sigterm(signum: int, frame: Any) -> None:
+    """Exit as SIGTERM would, but through ``sys.exit`` so atexit flushes first."""
+    signal.signal(signal.SIGTERM, signal.SIG_DFL)
+    raise SystemExit(128 + signum)

@@ -1,0 +1,226 @@
+"""Spool: one memory table into one ``PersistentStorage`` snapshot.
+
+The snapshot is a SQLite database image holding one table, copied by SQLite itself in
+a single read transaction (a consistent point-in-time read) from a private connection,
+so it holds committed rows only and the stored values are exactly what SQLite holds:
+every Django field type round-trips unchanged. The image then runs through the codec
+chain and is written in one transaction on the default database that inserts the next
+generation and deletes the previous one for this table only.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+import socket
+import sqlite3
+import time
+from dataclasses import dataclass
+from typing import Any
+
+from django.db import IntegrityError, connections, router, transaction
+from django.utils import timezone
+
+from . import codecs, signals, store
+from .conf import memdb_settings
+from .exceptions import ConflictError, MemdbError, SpoolError
+from .models import PersistentStorage
+from .registry import ModelType, persistent_models, policy_of
+
+SNAPSHOT_FORMAT = "sqlite-table"
+FORMAT_VERSION = 1
+SNAP_SCHEMA = "memdb_snap"
+
+
+@dataclass(frozen=True)
+class SpoolResult:
+    label: str
+    rows: int
+    bytes: int
+    milliseconds: float
+    generation: int
+
+
+def storage_alias() -> str:
+    return router.db_for_write(PersistentStorage)
+
+
+def stored_snapshots(model: ModelType) -> Any:
+    """The queryset of ``model``'s snapshot rows (normally one)."""
+    return PersistentStorage.objects.using(storage_alias()).filter(
+        app_label=model._meta.app_label,
+        model_name=model._meta.object_name,
+        kind=PersistentStorage.KIND_SNAPSHOT,
+    )
+
+
+def refuse_inside_transaction(action: str, label: str, error: type[MemdbError]) -> None:
+    if connections[memdb_settings.ALIAS].in_atomic_block:
+        raise error(
+            f"cannot {action} {label} inside transaction.atomic() on the memory database "
+            f"{memdb_settings.ALIAS!r}: it would wait for that transaction; "
+            f"do it after the block (transaction.on_commit)"
+        )
+
+
+def writer_id() -> str:
+    return f"{socket.gethostname()}:{os.getpid()}"
+
+
+def read_image(conn: sqlite3.Connection, table: str) -> tuple[int, int, bytes]:
+    """``(seq, rows, image)``: the table as of one instant, as a one-table SQLite image."""
+    q = store.quote(table)
+    conn.execute(f"ATTACH DATABASE ':memory:' AS {SNAP_SCHEMA}")
+    try:
+
+        def copy() -> tuple[int, int]:
+            seq = conn.execute(
+                f"SELECT seq FROM {store.CHANGES_TABLE} WHERE tbl = ?", (table,)
+            ).fetchone()[0]
+            conn.execute(f"DROP TABLE IF EXISTS {SNAP_SCHEMA}.{q}")
+            conn.execute(f"CREATE TABLE {SNAP_SCHEMA}.{q} AS SELECT * FROM main.{q}")
+            rows = conn.execute(f"SELECT count(*) FROM {SNAP_SCHEMA}.{q}").fetchone()[0]
+            return seq, rows
+
+        seq, rows = store.run_locked_transaction(conn, copy, immediate=False)
+        return seq, rows, conn.serialize(name=SNAP_SCHEMA)
+    finally:
+        conn.execute(f"DETACH DATABASE {SNAP_SCHEMA}")
+
+
+def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
+    """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``."""
+    label = model._meta.label
+    refuse_inside_transaction("spool", label, SpoolError)
+    store.ensure_ready()
+    state = store.current_state()
+    table_state = state.table(label)
+    with table_state.lock:
+        if table_state.restore_error and not force:
+            raise SpoolError(
+                f"{label} is not spooled: its stored snapshot failed to restore "
+                f"({table_state.restore_error}); restore it or discard it first, or spool "
+                f"with force to overwrite it"
+            )
+        signals.pre_spool.send(sender=model, label=label)
+        started = time.perf_counter()
+        try:
+            with store.raw_connection(state.name) as conn:
+                seq, rows, image = read_image(conn, model._meta.db_table)
+                chain = codecs.chain_for(model)
+                data = codecs.encode(chain, image, label=label)
+                generation = write_snapshot(
+                    model,
+                    data=data,
+                    rows=rows,
+                    chain=chain,
+                    expected=table_state.generation,
+                    force=force,
+                )
+                table_state.generation = generation
+                table_state.restore_error = None
+                store.mark_spooled(conn, model._meta.db_table, seq)
+        except MemdbError:
+            raise
+        except Exception as exc:
+            raise SpoolError(f"{label} was not spooled: {store.describe(exc)}") from exc
+        result = SpoolResult(
+            label=label,
+            rows=rows,
+            bytes=len(data),
+            milliseconds=round((time.perf_counter() - started) * 1000, 3),
+            generation=generation,
+        )
+    signals.post_spool.send(sender=model, label=label, result=result)
+    return result
+
+
+def write_snapshot(
+    model: ModelType,
+    *,
+    data: bytes,
+    rows: int,
+    chain: tuple[str, ...],
+    expected: int | None,
+    force: bool,
+) -> int:
+    """Store the next generation and drop the previous one, in one transaction."""
+    label = model._meta.label
+    alias = storage_alias()
+    now = timezone.now()
+    try:
+        with transaction.atomic(using=alias):
+            existing = stored_snapshots(model)
+            current = (
+                existing.select_for_update()
+                .order_by("-generation")
+                .values("pk", "generation", "created_at", "written_by", "updated_at")
+                .first()
+            )
+            if current is not None and not force:
+                if expected is None:
+                    raise ConflictError(
+                        f"{label} has a stored snapshot (generation {current['generation']}) "
+                        f"that this process has not restored; restore it, discard it, or "
+                        f"spool with force to overwrite it"
+                    )
+                if current["generation"] != expected:
+                    raise ConflictError(
+                        f"{label}: the stored snapshot is generation {current['generation']}, "
+                        f"written by {current['written_by'] or 'unknown'} at "
+                        f"{current['updated_at']:%Y-%m-%d %H:%M:%S}, but this process last "
+                        f"saw generation {expected}: another process writes this table too. "
+                        f"Restore to take its data, or spool with force to overwrite it"
+                    )
+            generation = (current["generation"] if current else 0) + 1
+            new = PersistentStorage.objects.using(alias).create(
+                app_label=model._meta.app_label,
+                model_name=model._meta.object_name,
+                kind=PersistentStorage.KIND_SNAPSHOT,
+                format=SNAPSHOT_FORMAT,
+                format_version=FORMAT_VERSION,
+                codecs=list(chain),
+                row_count=rows,
+                size=len(data),
+                checksum=hashlib.sha256(data).hexdigest(),
+                generation=generation,
+                written_by=writer_id(),
+                created_at=current["created_at"] if current else now,
+                updated_at=now,
+                data=data,
+            )
+            existing.exclude(pk=new.pk).delete()
+    except IntegrityError as exc:
+        raise ConflictError(
+            f"{label}: another process stored a snapshot at the same time ({exc}); "
+            f"restore to take its data, or spool again"
+        ) from exc
+    return generation
+
+
+def flush(policy: str | None = None, *, raise_errors: bool = False) -> list[SpoolResult]:
+    """Spool the dirty persistent tables (of one ``policy``, or all).
+
+    Errors are logged, or raised (the first one) with ``raise_errors``; the other tables
+    are still spooled either way.
+    """
+    store.ensure_ready()
+    models = [m for m in persistent_models() if policy is None or policy_of(m) == policy]
+    if not models:
+        return []
+    with store.raw_connection() as conn:
+        counters = store.change_counters(conn)
+    results: list[SpoolResult] = []
+    first_error: MemdbError | None = None
+    for model in models:
+        seq, spooled = counters.get(model._meta.db_table, (0, 0))
+        if seq == spooled:
+            continue
+        try:
+            results.append(spool_model(model))
+        except MemdbError as exc:
+            store.logger.error("memdb: %s", exc)
+            first_error = first_error or exc
+    if raise_errors and first_error is not None:
+        raise first_error
+    return results

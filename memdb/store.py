@@ -1,0 +1,265 @@
+"""The memory store's lifecycle: keeper connection, schema, change tracking, lock retries.
+
+One named shared-cache SQLite memory database per alias and process. A *keeper*
+connection opened with the first Django connection holds it open for the life of the
+process, so Django closing its per-thread connections (``CONN_MAX_AGE=0``) never drops
+the data. At the first connection the tables are created from the current models, the
+change-tracking triggers are installed and the snapshots restored; nothing of this runs
+in ``AppConfig.ready()``.
+
+Change tracking lives in the database: triggers on every memory table bump a counter in
+``memdb_changes``, so every write path (ORM, bulk, ``QuerySet.update``, raw SQL) is
+seen. A table is dirty while ``seq`` differs from ``spooled``, the ``seq`` its last
+snapshot was read at.
+"""
+
+from __future__ import annotations
+
+import logging
+import random
+import sqlite3
+import threading
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, TypeVar
+
+from .conf import memdb_settings
+
+if TYPE_CHECKING:
+    from django.db.backends.base.base import BaseDatabaseWrapper
+
+logger = logging.getLogger("memdb")
+
+T = TypeVar("T")
+
+CHANGES_TABLE = "memdb_changes"
+
+
+def is_lock_error(exc: BaseException) -> bool:
+    """SQLITE_BUSY or SQLITE_LOCKED (shared-cache table and schema locks included)."""
+    code = getattr(exc, "sqlite_errorcode", None)
+    if code is None:
+        cause = exc.__cause__
+        return cause is not None and cause is not exc and is_lock_error(cause)
+    return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
+
+
+def retry_locked(func: Callable[[], T], timeout: float | None = None) -> T:
+    """Run ``func``, retrying while another connection holds a conflicting lock.
+
+    In shared-cache mode SQLite reports table-lock conflicts at once (no busy timeout
+    applies), and a failed statement has no effect, so retrying it is safe.
+    """
+    deadline = time.monotonic() + (memdb_settings.LOCK_TIMEOUT if timeout is None else timeout)
+    delay = 0.0001
+    while True:
+        try:
+            return func()
+        except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
+            if not is_lock_error(exc) or time.monotonic() >= deadline:
+                raise
+        time.sleep(delay * (0.5 + random.random()))
+        delay = min(delay * 2, 0.005)
+
+
+def quote(name: str) -> str:
+    return '"' + name.replace('"', '""') + '"'
+
+
+@dataclass
+class TableState:
+    """What this process knows of one persistent table's snapshot."""
+
+    #: Generation of the snapshot this process restored or last wrote; None: never looked.
+    generation: int | None = None
+    #: Why the last restore failed; the table is protected from spools while set.
+    restore_error: str | None = None
+    restored: bool = False
+    lock: threading.Lock = field(default_factory=threading.Lock)
+
+
+@dataclass
+class StoreState:
+    """One memory database (one NAME) of this process."""
+
+    name: str
+    keeper: sqlite3.Connection | None = None
+    ready: bool = False
+    booting: threading.Thread | None = None
+    lock: threading.RLock = field(default_factory=threading.RLock)
+    tables: dict[str, TableState] = field(default_factory=dict)
+
+    def table(self, label: str) -> TableState:
+        with self.lock:
+            return self.tables.setdefault(label, TableState())
+
+
+_states: dict[str, StoreState] = {}
+_states_lock = threading.Lock()
+
+
+def state_for(name: str) -> StoreState:
+    with _states_lock:
+        state = _states.get(name)
+        if state is None:
+            state = _states[name] = StoreState(name=name)
+        return state
+
+
+def used_in_this_process() -> bool:
+    """True once a memory database was opened and built here."""
+    with _states_lock:
+        return any(state.ready for state in _states.values())
+
+
+def current_name() -> str:
+    from django.db import connections
+
+    return connections[memdb_settings.ALIAS].settings_dict["NAME"]
+
+
+def current_state() -> StoreState:
+    return state_for(current_name())
+
+
+def open_raw(name: str) -> sqlite3.Connection:
+    """A plain sqlite3 connection to the memory database, in autocommit mode."""
+    conn = sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False)
+    conn.execute("PRAGMA trusted_schema = OFF")
+    return conn
+
+
+def keep_alive(name: str) -> None:
+    """Open the keeper connection of ``name`` once per process."""
+    state = state_for(name)
+    with state.lock:
+        if state.keeper is None:
+            state.keeper = open_raw(name)
+
+
+@contextmanager
+def raw_connection(name: str | None = None) -> Iterator[sqlite3.Connection]:
+    """A private connection to the memory database for spool and restore work.
+
+    It is separate from Django's, so a snapshot sees committed data only and never
+    joins a transaction the caller has open.
+    """
+    ensure_ready()
+    conn = open_raw(name or current_name())
+    try:
+        yield conn
+    finally:
+        conn.close()
+
+
+def ensure_ready() -> None:
+    """Open the memory alias (and so build and restore it) if this process has not yet."""
+    from django.db import connections
+
+    if not current_state().ready:
+        connections[memdb_settings.ALIAS].ensure_connection()
+
+
+def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
+    """Create tables and triggers, restore snapshots, start the interval spooler.
+
+    Runs once per memory database and process, at its first connection. Other threads
+    wait until it is done; the booting thread's own nested use passes through.
+    """
+    state = state_for(wrapper.settings_dict["NAME"])
+    if state.ready:
+        return
+    with state.lock:
+        if state.ready or state.booting is threading.current_thread():
+            return
+        state.booting = threading.current_thread()
+        try:
+            create_schema(wrapper)
+            if memdb_settings.RESTORE_ON_START:
+                from .restore import restore_at_start
+
+                restore_at_start(state)
+            state.ready = True
+        finally:
+            state.booting = None
+    from . import policies
+
+    policies.process_started()
+
+
+def create_schema(wrapper: BaseDatabaseWrapper) -> None:
+    """Create missing memory tables from the current models, then the tracking triggers."""
+    from .registry import memory_models
+
+    models = memory_models()
+    # Creating a model creates its auto-created M2M tables too, hence two rounds.
+    for round_models in ([m for m in models if not m._meta.auto_created], models):
+        with wrapper.cursor() as cursor:
+            existing = set(wrapper.introspection.table_names(cursor))
+        missing = [m for m in round_models if m._meta.db_table not in existing]
+        if missing:
+            with wrapper.schema_editor() as editor:
+                for model in missing:
+                    editor.create_model(model)
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
+        "tbl TEXT PRIMARY KEY, seq INTEGER NOT NULL DEFAULT 0, "
+        "spooled INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
+    ]
+    for model in models:
+        table = model._meta.db_table
+        statements.append(f"INSERT OR IGNORE INTO {CHANGES_TABLE} (tbl) VALUES ({_literal(table)})")
+        for event in ("INSERT", "UPDATE", "DELETE"):
+            trigger = quote(f"memdb_{table}_{event.lower()}")
+            statements.append(
+                f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {event} ON {quote(table)} "
+                f"BEGIN UPDATE {CHANGES_TABLE} SET seq = seq + 1 "
+                f"WHERE tbl = {_literal(table)}; END"
+            )
+    with wrapper.cursor() as cursor:
+        for sql in statements:
+            cursor.execute(sql)
+
+
+def _literal(text: str) -> str:
+    return "'" + text.replace("'", "''") + "'"
+
+
+def change_counters(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
+    """``{table: (seq, spooled)}`` for every tracked table."""
+    rows = retry_locked(
+        lambda: conn.execute(f"SELECT tbl, seq, spooled FROM {CHANGES_TABLE}").fetchall()
+    )
+    return {tbl: (seq, spooled) for tbl, seq, spooled in rows}
+
+
+def mark_spooled(conn: sqlite3.Connection, table: str, seq: int) -> None:
+    """Record that the table's contents at ``seq`` are safely stored."""
+    retry_locked(
+        lambda: conn.execute(f"UPDATE {CHANGES_TABLE} SET spooled = ? WHERE tbl = ?", (seq, table))
+    )
+
+
+def run_locked_transaction(
+    conn: sqlite3.Connection, body: Callable[[], T], *, immediate: bool
+) -> T:
+    """Run ``body`` inside BEGIN/COMMIT on ``conn``, retrying lock conflicts as a whole."""
+
+    def attempt() -> T:
+        conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
+        try:
+            result = body()
+            conn.execute("COMMIT")
+            return result
+        except BaseException:
+            if conn.in_transaction:
+                conn.execute("ROLLBACK")
+            raise
+
+    return retry_locked(attempt)
+
+
+def describe(exc: BaseException) -> str:
+    return f"{type(exc).__name__}: {exc}"
