@@ -24,7 +24,9 @@ if _kind == "sqlite":
     DATABASES = {
         "default": {
             "ENGINE": "django.db.backends.sqlite3",
-            "NAME": _env("MEMDB_TEST_DB_NAME", os.path.join(os.path.dirname(__file__), "default.sqlite3")),
+            "NAME": _env(
+                "MEMDB_TEST_DB_NAME", os.path.join(os.path.dirname(__file__), "default.sqlite3")
+            ),
             "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME")},
         }
     }
