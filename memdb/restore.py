@@ -124,6 +124,10 @@ def load_image(
         columns, values, params = _column_mapping(model, stored)
 
         def copy() -> int:
+            # Without its counting triggers for the copy (restored rows are clean, and a
+            # per-row trigger would also disable SQLite's fast DELETE of a whole table).
+            for sql in store.drop_triggers_sql(table):
+                conn.execute(sql)
             conn.execute(f"DELETE FROM main.{q}")
             conn.execute(
                 f"INSERT INTO main.{q} ({', '.join(map(store.quote, columns))}) "
@@ -135,12 +139,9 @@ def load_image(
                 raise RestoreError(
                     f"{label}: the snapshot says {expected_rows} rows but holds {rows}"
                 )
-            seq = conn.execute(
-                f"SELECT seq FROM {store.CHANGES_TABLE} WHERE tbl = ?", (table,)
-            ).fetchone()[0]
-            conn.execute(
-                f"UPDATE {store.CHANGES_TABLE} SET spooled = ? WHERE tbl = ?", (seq, table)
-            )
+            for sql in store.create_triggers_sql(table):
+                conn.execute(sql)
+            conn.execute(f"UPDATE {store.CHANGES_TABLE} SET spooled = seq WHERE tbl = ?", (table,))
             return rows
 
         try:

@@ -126,9 +126,7 @@ def current_state() -> StoreState:
 
 def open_raw(name: str) -> sqlite3.Connection:
     """A plain sqlite3 connection to the memory database, in autocommit mode."""
-    conn = sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False)
-    conn.execute("PRAGMA trusted_schema = OFF")
-    return conn
+    return sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False)
 
 
 def keep_alive(name: str) -> None:
@@ -211,16 +209,30 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
     for model in models:
         table = model._meta.db_table
         statements.append(f"INSERT OR IGNORE INTO {CHANGES_TABLE} (tbl) VALUES ({_literal(table)})")
-        for event in ("INSERT", "UPDATE", "DELETE"):
-            trigger = quote(f"memdb_{table}_{event.lower()}")
-            statements.append(
-                f"CREATE TRIGGER IF NOT EXISTS {trigger} AFTER {event} ON {quote(table)} "
-                f"BEGIN UPDATE {CHANGES_TABLE} SET seq = seq + 1 "
-                f"WHERE tbl = {_literal(table)}; END"
-            )
+        statements.extend(create_triggers_sql(table))
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
+
+
+TRIGGER_EVENTS = ("INSERT", "UPDATE", "DELETE")
+
+
+def create_triggers_sql(table: str) -> list[str]:
+    """The triggers that count every row written to ``table`` in ``memdb_changes``."""
+    return [
+        f"CREATE TRIGGER IF NOT EXISTS {quote(f'memdb_{table}_{event.lower()}')} "
+        f"AFTER {event} ON {quote(table)} BEGIN UPDATE {CHANGES_TABLE} SET seq = seq + 1 "
+        f"WHERE tbl = {_literal(table)}; END"
+        for event in TRIGGER_EVENTS
+    ]
+
+
+def drop_triggers_sql(table: str) -> list[str]:
+    return [
+        f"DROP TRIGGER IF EXISTS {quote(f'memdb_{table}_{event.lower()}')}"
+        for event in TRIGGER_EVENTS
+    ]
 
 
 def _literal(text: str) -> str:
