@@ -10,7 +10,7 @@ from datetime import datetime
 
 from . import store
 from .exceptions import MemdbError, RestoreError
-from .registry import is_persistent, label_of, memory_models, policy_of, resolve
+from .registry import is_persistent, label_of, memory_models, model_name_of, policy_of, resolve
 from .restore import RestoreResult, restore_model
 from .spooler import SpoolResult, flush, spool_model, stored_snapshots
 
@@ -118,18 +118,11 @@ def tables(*labels: str) -> list[TableInfo]:
     }
     with store.raw_connection(state.name) as conn:
         counters = store.change_counters(conn)
-        counts = {
-            m._meta.db_table: store.retry_locked(
-                lambda m=m: conn.execute(
-                    f"SELECT count(*) FROM {store.quote(m._meta.db_table)}"
-                ).fetchone()[0]
-            )
-            for m in models
-        }
+        counts = {m._meta.db_table: store.count_rows(conn, m._meta.db_table) for m in models}
     infos = []
     for model in models:
         persistent = is_persistent(model)
-        snap = snapshots.get((model._meta.app_label, model._meta.object_name))
+        snap = snapshots.get((model._meta.app_label, model_name_of(model)))
         seq, spooled = counters.get(model._meta.db_table, (0, 0))
         table_state = state.tables.get(label_of(model))
         restore_error = table_state.restore_error if table_state else None
@@ -143,7 +136,7 @@ def tables(*labels: str) -> list[TableInfo]:
             TableInfo(
                 label=label_of(model),
                 app_label=model._meta.app_label,
-                model_name=model._meta.object_name,
+                model_name=model_name_of(model),
                 table=model._meta.db_table,
                 persistent=persistent,
                 policy=policy_of(model) if persistent else None,

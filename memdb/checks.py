@@ -58,7 +58,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id=E004,
                 )
             )
-        if (database.get("TEST") or {}).get("MIGRATE", True) is not False:
+        test_settings: Any = database.get("TEST") or {}
+        if test_settings.get("MIGRATE", True) is not False:
             errors.append(
                 checks.Warning(
                     f"DATABASES[{alias!r}]['TEST']['MIGRATE'] is not False: the test runner "
@@ -163,7 +164,7 @@ def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]
     from .codecs import get_codec
     from .exceptions import CodecError
 
-    errors = []
+    errors: list[checks.CheckMessage] = []
     if isinstance(names, str):
         names = [names]
     for name in names:

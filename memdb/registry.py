@@ -43,6 +43,11 @@ def label_of(model: ModelType) -> str:
     return model._meta.label
 
 
+def model_name_of(model: ModelType) -> str:
+    """The class name, as in the label (``Player_tags`` for an auto-created M2M table)."""
+    return model.__name__
+
+
 def memory_models() -> list[ModelType]:
     """Every memory model, auto-created M2M tables included, parents before children."""
     found = [m for m in apps.get_models(include_auto_created=True) if is_memory_model(m)]

@@ -160,8 +160,8 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
     """Target columns, the SELECT expression for each, and the parameters for defaults."""
     label = model._meta.label
     connection = connections[memdb_settings.ALIAS]
-    fields = [f for f in model._meta.local_concrete_fields if f.column]
-    current = {f.column for f in fields}
+    fields = [(f, f.column) for f in model._meta.local_concrete_fields if f.column]
+    current = {column for _, column in fields}
     dropped = [c for c in stored if c not in current]
     if dropped:
         warnings.warn(
@@ -174,10 +174,10 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
     columns: list[str] = []
     values: list[str] = []
     params: list[Any] = []
-    for f in fields:
-        columns.append(f.column)
-        if f.column in stored:
-            values.append(store.quote(f.column))
+    for f, column in fields:
+        columns.append(column)
+        if column in stored:
+            values.append(store.quote(column))
         elif f.has_default() or f.null:
             default = f.get_default() if f.has_default() else None
             params.append(f.get_db_prep_save(default, connection))

@@ -25,7 +25,7 @@ from . import codecs, signals, store
 from .conf import memdb_settings
 from .exceptions import ConflictError, MemdbError, SpoolError
 from .models import PersistentStorage
-from .registry import ModelType, persistent_models, policy_of
+from .registry import ModelType, model_name_of, persistent_models, policy_of
 
 SNAPSHOT_FORMAT = "sqlite-table"
 FORMAT_VERSION = 1
@@ -49,7 +49,7 @@ def stored_snapshots(model: ModelType) -> Any:
     """The queryset of ``model``'s snapshot rows (normally one)."""
     return PersistentStorage.objects.using(storage_alias()).filter(
         app_label=model._meta.app_label,
-        model_name=model._meta.object_name,
+        model_name=model_name_of(model),
         kind=PersistentStorage.KIND_SNAPSHOT,
     )
 
@@ -175,7 +175,7 @@ def write_snapshot(
             generation = (current["generation"] if current else 0) + 1
             new = PersistentStorage.objects.using(alias).create(
                 app_label=model._meta.app_label,
-                model_name=model._meta.object_name,
+                model_name=model_name_of(model),
                 kind=PersistentStorage.KIND_SNAPSHOT,
                 format=SNAPSHOT_FORMAT,
                 format_version=FORMAT_VERSION,

@@ -247,6 +247,11 @@ def change_counters(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
     return {tbl: (seq, spooled) for tbl, seq, spooled in rows}
 
 
+def count_rows(conn: sqlite3.Connection, table: str) -> int:
+    sql = f"SELECT count(*) FROM {quote(table)}"
+    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0]))
+
+
 def mark_spooled(conn: sqlite3.Connection, table: str, seq: int) -> None:
     """Record that the table's contents at ``seq`` are safely stored."""
     retry_locked(

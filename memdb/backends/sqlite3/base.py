@@ -16,6 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.db.backends.base.base import BaseDatabaseWrapper
 from django.db.backends.sqlite3 import base as sqlite_base
 from django.db.backends.utils import CursorDebugWrapper, CursorWrapper
 
@@ -45,7 +46,7 @@ class DatabaseWrapper(sqlite_base.DatabaseWrapper):
     def get_connection_params(self) -> dict[str, Any]:
         params = super().get_connection_params()
         if self.transaction_mode is None:
-            self.transaction_mode = "IMMEDIATE"
+            self.transaction_mode: str | None = "IMMEDIATE"
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
@@ -64,7 +65,7 @@ class DatabaseWrapper(sqlite_base.DatabaseWrapper):
     def make_cursor(self, cursor: Any) -> CursorWrapper:
         return MemDBCursor(cursor, self)
 
-    def make_debug_cursor(self, cursor: Any) -> CursorWrapper:
+    def make_debug_cursor(self, cursor: Any) -> CursorDebugWrapper:
         return MemDBDebugCursor(cursor, self)
 
     def create_cursor(self, name: str | None = None) -> Any:
@@ -73,7 +74,7 @@ class DatabaseWrapper(sqlite_base.DatabaseWrapper):
     def close(self) -> None:
         """Really close: the keeper connection, not this one, keeps the data alive."""
         self.validate_thread_sharing()
-        sqlite_base.BaseDatabaseWrapper.close(self)
+        BaseDatabaseWrapper.close(self)
 
     def _commit(self) -> None:
         if self.connection is not None:
