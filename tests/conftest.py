@@ -1,0 +1,83 @@
+"""Shared fixtures.
+
+Tests that spool or restore run as transactional tests on both databases: spool and
+restore use a private connection to the memory database and refuse to run inside
+``atomic()`` there, which a ``TestCase`` would wrap every test in. memdb's per-process
+state (what each table's snapshot generation is, whether its restore failed) outlives
+the table flush between such tests, so ``memdb_fresh_state`` gives each of them the
+state of a freshly started process with no snapshots.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.test.utils import override_settings
+
+from memdb import policies, store
+from memdb.models import PersistentStorage
+from memdb.registry import memory_models
+from memdb.spooler import storage_alias
+
+
+def _transactional_on_memdb(request: pytest.FixtureRequest) -> bool:
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not marker.kwargs.get("transaction", False):
+        return False
+    databases = marker.kwargs.get("databases") or ()
+    return databases == "__all__" or settings.MEMDB.get("ALIAS", "memdb") in databases
+
+
+def reset_memdb() -> None:
+    """Empty every memory table, mark it clean, drop all snapshots and forget table state.
+
+    The interval spooler is stopped while this runs (so no spool of the old contents can
+    land afterwards) and started again if it was running.
+    """
+    was_running = policies._interval is not None and policies._interval.is_alive()
+    policies.stop_interval()
+    try:
+        with store.raw_connection() as conn:
+
+            def wipe() -> None:
+                for model in memory_models():
+                    conn.execute(f"DELETE FROM {store.quote(model._meta.db_table)}")
+                conn.execute(f"UPDATE {store.CHANGES_TABLE} SET spooled = seq")
+
+            store.run_locked_transaction(conn, wipe, immediate=True)
+        PersistentStorage.objects.using(storage_alias()).all().delete()
+        store.current_state().tables.clear()
+    finally:
+        if was_running:
+            policies.process_started()
+
+
+@pytest.fixture(autouse=True)
+def memdb_fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
+    """Transactional tests on the memory alias start (and end) like a new process.
+
+    Ending clean matters too: the flush pytest-django runs after a transactional test
+    would otherwise leave interval tables dirty, and the interval spooler would store
+    a snapshot into the next test.
+    """
+    if not _transactional_on_memdb(request):
+        yield
+        return
+    request.getfixturevalue("_django_db_helper")
+    reset_memdb()
+    yield
+    reset_memdb()
+
+
+@pytest.fixture
+def memdb_override() -> Callable[..., AbstractContextManager[Any]]:
+    """``with memdb_override(CODECS=["zlib"]):`` overrides keys of ``settings.MEMDB``."""
+
+    def override(**keys: Any) -> AbstractContextManager[Any]:
+        return override_settings(MEMDB={**settings.MEMDB, **keys})
+
+    return override
