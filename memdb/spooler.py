@@ -202,9 +202,11 @@ def flush(policy: str | None = None, *, raise_errors: bool = False) -> list[Spoo
     """Spool the dirty persistent tables (of one ``policy``, or all).
 
     Errors are logged, or raised (the first one) with ``raise_errors``; the other tables
-    are still spooled either way.
+    are still spooled either way. A memory database this process has not opened has
+    nothing to flush, and is not opened (so not built and restored) just to find that out.
     """
-    store.ensure_ready()
+    if not store.current_state().ready:
+        return []
     models = [m for m in persistent_models() if policy is None or policy_of(m) == policy]
     if not models:
         return []
