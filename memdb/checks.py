@@ -115,9 +115,12 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
     from .registry import is_memory_model
 
     errors: list[checks.CheckMessage] = []
-    for model in apps.get_models():
-        if app_configs is not None and model._meta.app_config not in app_configs:
-            continue
+    models = (
+        apps.get_models()
+        if app_configs is None
+        else [model for config in app_configs for model in config.get_models()]
+    )
+    for model in models:
         memory = is_memory_model(model)
         for field in model._meta.get_fields(include_hidden=False):
             if (
