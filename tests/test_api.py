@@ -1,0 +1,562 @@
+"""``memdb.api``: spool, restore, discard, tables and their errors."""
+
+from __future__ import annotations
+
+import hashlib
+import lzma
+import sqlite3
+import zlib
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+from django.db import transaction
+from django.utils import timezone
+
+from memdb import api, store
+from memdb.exceptions import (
+    ConflictError,
+    NotPersistentError,
+    RestoreError,
+    SpoolError,
+    UnknownTableError,
+)
+from memdb.models import PersistentStorage
+from memdb.restore import SchemaDriftWarning
+from memdb.spooler import FORMAT_VERSION, SNAPSHOT_FORMAT
+from tests.testapp.models import AllTypes, CommitScore, Hit, Legacy, Player, Score, Team
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
+
+Override = Callable[..., AbstractContextManager[Any]]
+SQLITE_HEADER = b"SQLite format 3\x00"
+
+
+def stored(model: type) -> PersistentStorage:
+    return PersistentStorage.objects.get(
+        app_label=model._meta.app_label, model_name=model._meta.object_name
+    )
+
+
+def info(label: str) -> api.TableInfo:
+    (result,) = api.tables(label)
+    return result
+
+
+def scores() -> list[tuple[str, int]]:
+    return list(Score.objects.order_by("pk").values_list("player", "points"))
+
+
+# spool
+
+
+def test_spool_returns_rows_bytes_and_generation() -> None:
+    Score.objects.bulk_create([Score(player=f"p{i}", points=i) for i in range(25)])
+    (result,) = api.spool("testapp.Score")
+    snapshot = stored(Score)
+    assert result.label == "testapp.Score"
+    assert result.rows == 25 == snapshot.row_count
+    assert result.bytes == snapshot.size == len(snapshot.data) > 0
+    assert result.generation == snapshot.generation == 1
+    assert result.milliseconds >= 0
+    assert snapshot.format == SNAPSHOT_FORMAT and snapshot.format_version == FORMAT_VERSION
+    assert snapshot.codecs == []
+    assert snapshot.checksum == hashlib.sha256(bytes(snapshot.data)).hexdigest()
+    assert bytes(snapshot.data).startswith(SQLITE_HEADER)
+    assert snapshot.created_at <= snapshot.updated_at <= timezone.now()
+
+
+def test_generation_increments_and_one_row_per_table_is_kept() -> None:
+    Score.objects.create(player="a")
+    Legacy.objects.create(text="x")
+    generations = [r.generation for r in api.spool("testapp.Score", "testapp.Legacy")]
+    first = stored(Score)
+    for points in range(3):
+        Score.objects.update(points=points)
+        generations += [r.generation for r in api.spool("testapp.Score", "testapp.Legacy")]
+    assert generations == [1, 1, 2, 2, 3, 3, 4, 4]
+    rows = PersistentStorage.objects.values_list("app_label", "model_name", "generation")
+    assert sorted(rows) == [("testapp", "Legacy", 4), ("testapp", "Score", 4)]
+    latest = stored(Score)
+    assert latest.created_at == first.created_at
+    assert latest.updated_at > first.updated_at
+
+
+def test_spool_without_labels_spools_every_persistent_table() -> None:
+    Score.objects.create(player="a")
+    results = api.spool()
+    labels = {r.label for r in results}
+    assert "testapp.Hit" not in labels
+    assert labels == {i.label for i in api.tables() if i.persistent}
+    assert PersistentStorage.objects.count() == len(labels)
+
+
+def test_deleting_every_row_of_one_model_does_not_touch_other_snapshots() -> None:
+    """Regression: 0.0.6 deleted every stored table when one model was stored empty."""
+    Score.objects.create(player="a", points=1)
+    Legacy.objects.create(text="keep me")
+    team = Team.objects.create(name="red")
+    Player.objects.create(team=team, name="ann")
+    api.spool()
+    others = {
+        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, bytes(row.data))
+        for row in PersistentStorage.objects.exclude(model_name="Score")
+    }
+
+    Score.objects.all().delete()
+    (result,) = api.spool("testapp.Score")
+
+    assert result.rows == 0 and stored(Score).row_count == 0
+    after = {
+        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, bytes(row.data))
+        for row in PersistentStorage.objects.exclude(model_name="Score")
+    }
+    assert after == others
+    Legacy.objects.all().delete()
+    api.restore("testapp.Legacy")
+    assert list(Legacy.objects.values_list("text", flat=True)) == ["keep me"]
+
+
+def test_spool_of_an_unknown_label_names_it() -> None:
+    with pytest.raises(UnknownTableError, match="testapp.Nope"):
+        api.spool("testapp.Nope")
+    with pytest.raises(UnknownTableError, match="'plain'"):
+        api.spool("plain")
+    with pytest.raises(UnknownTableError, match="testapp.Plain"):
+        api.restore("testapp.Plain")
+    assert not PersistentStorage.objects.exists()
+
+
+def test_labels_are_case_insensitive() -> None:
+    (result,) = api.spool("TESTAPP.score")
+    assert result.label == "testapp.Score"
+
+
+def test_spool_of_a_memory_only_table_is_refused() -> None:
+    Hit.objects.create(path="/")
+    with pytest.raises(NotPersistentError, match="testapp.Hit"):
+        api.spool("testapp.Hit")
+    with pytest.raises(NotPersistentError, match="testapp.Hit"):
+        api.spool("testapp.Score", "testapp.Hit")
+    with pytest.raises(NotPersistentError):
+        api.restore("testapp.Hit")
+    assert not PersistentStorage.objects.exists()
+
+
+def test_spool_inside_atomic_on_the_memory_database_is_refused() -> None:
+    with transaction.atomic(using="memdb"):
+        Score.objects.create(player="a")
+        with pytest.raises(SpoolError, match=r"inside transaction\.atomic\(\)"):
+            api.spool("testapp.Score")
+        with pytest.raises(RestoreError, match=r"inside transaction\.atomic\(\)"):
+            api.restore("testapp.Score")
+    assert not PersistentStorage.objects.exists()
+    # Inside atomic() on the default database only, it works.
+    with transaction.atomic(using="default"):
+        (result,) = api.spool("testapp.Score")
+    assert result.rows == 1
+
+
+def test_spool_snapshots_committed_rows_only() -> None:
+    Score.objects.create(player="committed")
+    api.spool("testapp.Score")
+    Score.objects.all().delete()
+    api.restore("testapp.Score")
+    assert scores() == [("committed", 0)]
+
+
+# restore
+
+
+def test_restore_replaces_the_table_with_its_snapshot() -> None:
+    Score.objects.bulk_create([Score(player="a", points=1), Score(player="b", points=2)])
+    api.spool("testapp.Score")
+    before = scores()
+    Score.objects.filter(player="a").delete()
+    Score.objects.create(player="c", points=3)
+
+    (result,) = api.restore("testapp.Score")
+
+    assert scores() == before
+    assert result.label == "testapp.Score" and result.rows == 2 and result.generation == 1
+    assert info("testapp.Score").restore_state == "ok"
+    assert info("testapp.Score").dirty is False
+
+
+def test_restore_without_labels_restores_stored_tables_only() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    Legacy.objects.create(text="not stored")
+    results = api.restore()
+    assert [r.label for r in results] == ["testapp.Score"]
+    assert Legacy.objects.count() == 1
+
+
+def test_restore_without_a_snapshot_is_an_error() -> None:
+    with pytest.raises(RestoreError, match="testapp.Score has no stored snapshot"):
+        api.restore("testapp.Score")
+
+
+def corrupt(model: type) -> bytes:
+    """Flip one byte of the stored snapshot; return the original bytes."""
+    snapshot = stored(model)
+    original = bytes(snapshot.data)
+    damaged = bytearray(original)
+    damaged[len(damaged) // 2] ^= 0xFF
+    PersistentStorage.objects.filter(pk=snapshot.pk).update(data=bytes(damaged))
+    return original
+
+
+def test_corrupt_snapshot_is_reported_left_alone_and_protected() -> None:
+    Score.objects.create(player="a", points=1)
+    api.spool("testapp.Score")
+    original = corrupt(Score)
+    damaged = stored(Score)
+
+    with pytest.raises(RestoreError, match=r"testapp\.Score.*checksum"):
+        api.restore("testapp.Score")
+
+    after = stored(Score)
+    assert (after.pk, bytes(after.data), after.checksum, after.generation) == (
+        damaged.pk,
+        bytes(damaged.data),
+        damaged.checksum,
+        damaged.generation,
+    )
+    table = info("testapp.Score")
+    assert table.restore_state == "failed"
+    assert "checksum" in (table.restore_error or "")
+    assert scores() == [("a", 1)], "a failed restore leaves the memory table as it was"
+
+    Score.objects.all().delete()
+    with pytest.raises(SpoolError, match=r"testapp\.Score.*failed to restore"):
+        api.spool("testapp.Score")
+    with pytest.raises(SpoolError):
+        api.flush(raise_errors=True)
+    assert bytes(stored(Score).data) == bytes(damaged.data)
+
+    # Repaired storage restores, and the table spools again.
+    PersistentStorage.objects.filter(pk=after.pk).update(data=original)
+    api.restore("testapp.Score")
+    assert info("testapp.Score").restore_state == "ok"
+    assert scores() == [("a", 1)]
+    assert api.spool("testapp.Score")[0].generation == 2
+
+
+def test_discard_unprotects_a_table_whose_snapshot_failed() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    corrupt(Score)
+    with pytest.raises(RestoreError):
+        api.restore("testapp.Score")
+    with pytest.raises(SpoolError):
+        api.spool("testapp.Score")
+
+    assert api.discard("testapp.Score") == 1
+    assert not PersistentStorage.objects.exists()
+    assert info("testapp.Score").restore_state == "none"
+    (result,) = api.spool("testapp.Score")
+    assert result.generation == 1 and result.rows == 1
+
+
+def test_force_overwrites_a_snapshot_that_failed_to_restore() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    corrupt(Score)
+    with pytest.raises(RestoreError):
+        api.restore("testapp.Score")
+    (result,) = api.spool("testapp.Score", force=True)
+    assert result.generation == 2
+    assert info("testapp.Score").restore_state != "failed"
+    Score.objects.all().delete()
+    api.restore("testapp.Score")
+    assert Score.objects.count() == 1
+
+
+def test_restore_of_several_tables_tries_all_and_reports_the_failure() -> None:
+    Score.objects.create(player="a")
+    Legacy.objects.create(text="t")
+    api.spool("testapp.Score", "testapp.Legacy")
+    corrupt(Score)
+    Legacy.objects.all().delete()
+    with pytest.raises(RestoreError, match=r"testapp\.Score") as excinfo:
+        api.restore("testapp.Score", "testapp.Legacy")
+    assert "testapp.Legacy" not in str(excinfo.value)
+    assert Legacy.objects.count() == 1
+    assert info("testapp.Legacy").restore_state == "ok"
+
+
+def test_unknown_codec_on_a_snapshot_fails_its_restore() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    PersistentStorage.objects.filter(model_name="Score").update(codecs=["rot13"])
+    with pytest.raises(RestoreError, match=r"testapp\.Score.*'rot13'"):
+        api.restore("testapp.Score")
+    assert info("testapp.Score").restore_state == "failed"
+
+
+# conflicts between processes
+
+
+def test_conflict_when_another_process_wrote_the_snapshot() -> None:
+    Score.objects.create(player="mine")
+    api.spool("testapp.Score")
+    PersistentStorage.objects.filter(model_name="Score").update(
+        generation=5, written_by="elsewhere:4242"
+    )
+    Score.objects.create(player="more")
+
+    with pytest.raises(ConflictError, match=r"testapp\.Score.*generation 5.*elsewhere:4242"):
+        api.spool("testapp.Score")
+    assert stored(Score).generation == 5 and stored(Score).row_count == 1
+
+    (result,) = api.spool("testapp.Score", force=True)
+    assert result.generation == 6
+    assert stored(Score).row_count == 2
+    assert PersistentStorage.objects.count() == 1
+    # Having written generation 6, this process owns the table again.
+    assert api.spool("testapp.Score")[0].generation == 7
+
+
+def test_restore_takes_the_other_process_snapshot_and_resolves_the_conflict() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    PersistentStorage.objects.filter(model_name="Score").update(generation=9)
+    with pytest.raises(ConflictError):
+        api.spool("testapp.Score")
+    api.restore("testapp.Score")
+    assert api.spool("testapp.Score")[0].generation == 10
+
+
+def test_a_snapshot_this_process_never_restored_is_not_overwritten() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    api.restore("testapp.Score")
+    store.current_state().tables.clear()  # as in a new process that found no snapshot yet
+    with pytest.raises(ConflictError, match="has not restored"):
+        api.spool("testapp.Score")
+
+
+# schema drift
+
+
+def store_image(model: type, create_sql: str, rows: list[tuple[Any, ...]], insert_sql: str) -> None:
+    """Store a hand-made one-table snapshot of ``model``, as a spool would."""
+    conn = sqlite3.connect(":memory:")
+    conn.execute(create_sql)
+    conn.executemany(insert_sql, rows)
+    conn.commit()
+    data = conn.serialize()
+    conn.close()
+    now = timezone.now()
+    PersistentStorage.objects.create(
+        app_label=model._meta.app_label,
+        model_name=model._meta.object_name,
+        format=SNAPSHOT_FORMAT,
+        format_version=FORMAT_VERSION,
+        codecs=[],
+        row_count=len(rows),
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest(),
+        generation=1,
+        created_at=now,
+        updated_at=now,
+        data=data,
+    )
+
+
+def test_drift_added_field_gets_its_default_and_removed_column_is_dropped() -> None:
+    table = Score._meta.db_table
+    store_image(
+        Score,
+        f'CREATE TABLE "{table}" ("id" integer NOT NULL PRIMARY KEY, '
+        '"player" varchar(50) NOT NULL, "nickname" text NOT NULL)',
+        [(1, "ann", "annie"), (7, "bob", "bobby")],
+        f'INSERT INTO "{table}" VALUES (?, ?, ?)',
+    )
+    with pytest.warns(SchemaDriftWarning, match=r"testapp\.Score.*nickname"):
+        (result,) = api.restore("testapp.Score")
+    assert result.rows == 2
+    assert list(Score.objects.order_by("pk").values_list("pk", "player", "points")) == [
+        (1, "ann", 0),
+        (7, "bob", 0),
+    ]
+    assert info("testapp.Score").restore_state == "ok"
+
+
+def test_drift_added_nullable_field_gets_null() -> None:
+    from tests.test_fields import ROWS
+
+    AllTypes.objects.create(**ROWS[1])
+    api.spool("testapp.AllTypes")
+    snapshot = stored(AllTypes)
+    conn = sqlite3.connect(":memory:")
+    conn.deserialize(bytes(snapshot.data))
+    conn.execute(f'ALTER TABLE "{AllTypes._meta.db_table}" DROP COLUMN "nothing"')
+    conn.commit()
+    data = conn.serialize()
+    conn.close()
+    PersistentStorage.objects.filter(pk=snapshot.pk).update(
+        data=data, size=len(data), checksum=hashlib.sha256(data).hexdigest()
+    )
+    AllTypes.objects.all().delete()
+
+    api.restore("testapp.AllTypes")
+
+    restored = AllTypes.objects.get()
+    assert restored.nothing is None
+    assert (restored.char, restored.big, restored.doc) == (
+        ROWS[1]["char"],
+        2**63 - 1,
+        ROWS[1]["doc"],
+    )
+
+
+def test_drift_added_field_without_default_fails_naming_the_field() -> None:
+    table = Score._meta.db_table
+    store_image(
+        Score,
+        f'CREATE TABLE "{table}" ("id" integer NOT NULL PRIMARY KEY, "points" integer)',
+        [(1, 5)],
+        f'INSERT INTO "{table}" VALUES (?, ?)',
+    )
+    snapshot = stored(Score)
+    with pytest.raises(RestoreError, match=r"testapp\.Score.*'player'"):
+        api.restore("testapp.Score")
+    assert bytes(stored(Score).data) == bytes(snapshot.data)
+    assert info("testapp.Score").restore_state == "failed"
+    assert Score.objects.count() == 0
+
+
+def test_snapshot_without_the_table_fails() -> None:
+    store_image(Score, 'CREATE TABLE "other" ("id" integer)', [], 'INSERT INTO "other" VALUES (?)')
+    with pytest.raises(RestoreError, match=r"testapp\.Score.*no table"):
+        api.restore("testapp.Score")
+
+
+def test_snapshot_with_a_wrong_row_count_fails_and_keeps_the_table() -> None:
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    PersistentStorage.objects.filter(model_name="Score").update(row_count=3)
+    Score.objects.create(player="b")
+    with pytest.raises(RestoreError, match=r"testapp\.Score.*3 rows but holds 1"):
+        api.restore("testapp.Score")
+    assert sorted(Score.objects.values_list("player", flat=True)) == ["a", "b"]
+
+
+# codecs
+
+
+def test_codec_chain_is_recorded_and_used(memdb_override: Override) -> None:
+    Score.objects.bulk_create([Score(player="x" * 40, points=i) for i in range(200)])
+    before = scores()
+    with memdb_override(CODECS=["zlib"]):
+        (result,) = api.spool("testapp.Score")
+        snapshot = stored(Score)
+        assert snapshot.codecs == ["zlib"]
+        assert zlib.decompress(bytes(snapshot.data)).startswith(SQLITE_HEADER)
+        assert result.bytes == snapshot.size == len(snapshot.data)
+        assert info("testapp.Score").codecs == ("zlib",)
+        Score.objects.all().delete()
+        api.restore("testapp.Score")
+        assert scores() == before
+
+    Score.objects.all().delete()
+    with memdb_override(CODECS=["lzma"]):
+        api.restore("testapp.Score")  # the recorded chain wins over the settings
+        assert scores() == before
+        api.spool("testapp.Score")
+        assert stored(Score).codecs == ["lzma"]
+        assert lzma.decompress(bytes(stored(Score).data)).startswith(SQLITE_HEADER)
+
+    Score.objects.all().delete()
+    api.restore("testapp.Score")  # back to no codecs in settings
+    assert scores() == before
+
+
+def test_codec_chain_applies_in_order(memdb_override: Override) -> None:
+    Score.objects.create(player="a")
+    with memdb_override(CODECS=["zlib", "lzma"]):
+        api.spool("testapp.Score")
+    snapshot = stored(Score)
+    assert snapshot.codecs == ["zlib", "lzma"]
+    data = zlib.decompress(lzma.decompress(bytes(snapshot.data)))
+    assert data.startswith(SQLITE_HEADER)
+    Score.objects.all().delete()
+    api.restore("testapp.Score")
+    assert scores() == [("a", 0)]
+
+
+# tables()
+
+
+def test_tables_reports_memory_only_tables() -> None:
+    Hit.objects.bulk_create([Hit(path="/a"), Hit(path="/b")])
+    hit = info("testapp.Hit")
+    assert hit == api.TableInfo(
+        label="testapp.Hit",
+        app_label="testapp",
+        model_name="Hit",
+        table=Hit._meta.db_table,
+        persistent=False,
+        policy=None,
+        rows=2,
+        dirty=False,
+        last_spooled=None,
+        snapshot_bytes=None,
+        snapshot_rows=None,
+        generation=None,
+        codecs=(),
+        restore_state="none",
+        restore_error=None,
+    )
+
+
+def test_tables_reports_persistent_tables() -> None:
+    fresh = info("testapp.Score")
+    assert (fresh.persistent, fresh.policy, fresh.rows, fresh.dirty) == (True, "manual", 0, False)
+    assert (fresh.last_spooled, fresh.snapshot_bytes, fresh.generation) == (None, None, None)
+
+    Score.objects.create(player="a")
+    Score.objects.create(player="b")
+    dirty = info("testapp.Score")
+    assert (dirty.rows, dirty.dirty) == (2, True)
+
+    (result,) = api.spool("testapp.Score")
+    Score.objects.create(player="c")
+    spooled = info("testapp.Score")
+    snapshot = stored(Score)
+    assert spooled.rows == 3 and spooled.dirty is True
+    assert spooled.snapshot_rows == 2
+    assert spooled.snapshot_bytes == result.bytes == snapshot.size
+    assert spooled.generation == 1
+    assert spooled.last_spooled == snapshot.updated_at
+    assert spooled.restore_state == "none"
+
+    api.restore("testapp.Score")
+    assert info("testapp.Score").restore_state == "ok"
+    assert info("testapp.Score").rows == 2
+
+
+def test_tables_policies_and_the_many_to_many_table() -> None:
+    by_label = {i.label: i for i in api.tables()}
+    assert by_label["testapp.CommitScore"].policy == "commit"
+    assert by_label["testapp.IntervalScore"].policy == "interval"
+    assert by_label["testapp.Legacy"].policy == "manual"
+    through = by_label["testapp.Player_tags"]
+    assert through.persistent is True and through.table == Player.tags.through._meta.db_table
+    assert [i.label for i in api.tables("testapp.Hit", "testapp.score")] == [
+        "testapp.Hit",
+        "testapp.Score",
+    ]
+    with pytest.raises(UnknownTableError):
+        api.tables("testapp.Plain")
+
+
+def test_tables_lists_parents_before_children() -> None:
+    labels = [i.label for i in api.tables()]
+    assert labels.index("testapp.Team") < labels.index("testapp.Player")
+    assert labels.index("testapp.Tag") < labels.index("testapp.Player_tags")
+    assert labels.index("testapp.Player") < labels.index("testapp.Player_tags")
+    assert CommitScore._meta.label in labels
