@@ -91,6 +91,11 @@ class _SpoolOnClose:
 
     def close(self) -> None:
         self.cursor.close()  # type: ignore[attr-defined]
+        if self.db.connection is not None:
+            # SQLite counts the trigger writes of a RETURNING statement only once its
+            # cursor is done; without this the next statement, even a read, looks like
+            # a write and spools again.
+            self.db._memdb_changes_seen = self.db.connection.total_changes
         if self.db._memdb_spool_on_close and not self.db.in_atomic_block:
             self.db._memdb_spool_on_close = False
             from memdb import policies
