@@ -1,0 +1,278 @@
+"""Spool policies: commit, interval and manual, and flush()."""
+
+from __future__ import annotations
+
+import sqlite3
+import time
+from collections.abc import Callable
+from contextlib import AbstractContextManager
+from typing import Any
+
+import pytest
+from django.conf import settings
+from django.db import connections, transaction
+
+from memdb import api, codecs, policies, store
+from memdb.exceptions import ConflictError
+from memdb.models import PersistentStorage
+from tests.testapp.models import CommitScore, IntervalScore, Legacy, Score
+
+pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
+
+Override = Callable[..., AbstractContextManager[Any]]
+INTERVAL = float(settings.MEMDB["INTERVAL"])
+
+
+def snapshot(model: type) -> tuple[int, int] | None:
+    """(generation, row_count) of ``model``'s stored snapshot, or None."""
+    row = (
+        PersistentStorage.objects.filter(
+            app_label=model._meta.app_label, model_name=model._meta.object_name
+        )
+        .values_list("generation", "row_count")
+        .first()
+    )
+    return tuple(row) if row else None  # type: ignore[return-value]
+
+
+def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()
+
+
+def stored_rows(model: type) -> list[tuple[str, int]]:
+    """The rows of ``model``'s stored snapshot, decoded as a restore would."""
+    row = PersistentStorage.objects.get(
+        app_label=model._meta.app_label, model_name=model._meta.object_name
+    )
+    conn = sqlite3.connect(":memory:")
+    try:
+        conn.deserialize(codecs.decode(row.codecs, bytes(row.data), label=model._meta.label))
+        return conn.execute(
+            f'SELECT player, points FROM "{model._meta.db_table}" ORDER BY id'
+        ).fetchall()
+    finally:
+        conn.close()
+
+
+def memory_rows(model: type) -> list[tuple[str, int]]:
+    return list(model.objects.order_by("pk").values_list("player", "points"))
+
+
+# commit
+
+
+def test_commit_policy_spools_before_create_returns() -> None:
+    CommitScore.objects.create(player="a", points=1)
+    assert snapshot(CommitScore) == (1, 1)
+    CommitScore.objects.create(player="b", points=2)
+    assert snapshot(CommitScore) == (2, 2)
+    assert stored_rows(CommitScore) == [("a", 1), ("b", 2)]
+    assert api.tables("testapp.CommitScore")[0].dirty is False
+
+
+@pytest.mark.parametrize(
+    "write",
+    [
+        pytest.param(lambda obj: obj.save(), id="save"),
+        pytest.param(lambda obj: obj.delete(), id="delete"),
+        pytest.param(lambda obj: CommitScore.objects.update(points=9), id="queryset-update"),
+        pytest.param(lambda obj: CommitScore.objects.all().delete(), id="queryset-delete"),
+        pytest.param(
+            lambda obj: CommitScore.objects.bulk_create(
+                [CommitScore(player=f"x{i}") for i in range(3)]
+            ),
+            id="bulk-create",
+        ),
+        pytest.param(
+            lambda obj: CommitScore.objects.update_or_create(player="a", defaults={"points": 5}),
+            id="update-or-create",
+        ),
+        pytest.param(
+            lambda obj: (
+                connections["memdb"]
+                .cursor()
+                .execute(f"UPDATE {CommitScore._meta.db_table} SET points = 7")
+            ),
+            id="raw-sql",
+        ),
+    ],
+)
+def test_commit_policy_spools_every_write_path(write: Callable[[CommitScore], object]) -> None:
+    obj = CommitScore.objects.create(player="a", points=1)
+    assert snapshot(CommitScore) == (1, 1)
+    obj.points = 2
+    write(obj)
+    generation, rows = snapshot(CommitScore) or (0, 0)
+    assert generation == 2
+    assert rows == CommitScore.objects.count()
+    assert api.tables("testapp.CommitScore")[0].dirty is False
+    assert stored_rows(CommitScore) == memory_rows(CommitScore)
+
+
+def test_commit_policy_spools_when_the_outermost_atomic_exits() -> None:
+    with transaction.atomic(using="memdb"):
+        CommitScore.objects.create(player="a")
+        assert snapshot(CommitScore) is None
+        with transaction.atomic(using="memdb"):
+            CommitScore.objects.create(player="b")
+        assert snapshot(CommitScore) is None, "a savepoint release is not a commit"
+        CommitScore.objects.create(player="c")
+        assert snapshot(CommitScore) is None
+    assert snapshot(CommitScore) == (1, 3)
+
+
+def test_commit_policy_spools_once_per_transaction() -> None:
+    with transaction.atomic(using="memdb"):
+        for number in range(20):
+            CommitScore.objects.create(player=f"p{number}")
+    assert snapshot(CommitScore) == (1, 20)
+
+
+def test_commit_policy_rolled_back_atomic_spools_nothing() -> None:
+    CommitScore.objects.create(player="kept")
+    assert snapshot(CommitScore) == (1, 1)
+    with pytest.raises(RuntimeError):
+        with transaction.atomic(using="memdb"):
+            CommitScore.objects.create(player="lost")
+            raise RuntimeError("roll back")
+    assert snapshot(CommitScore) == (1, 1)
+    assert api.tables("testapp.CommitScore")[0].dirty is False
+    # The next committed write spools, and the rolled-back row is not in it.
+    CommitScore.objects.create(player="next")
+    assert snapshot(CommitScore) == (2, 2)
+    assert [p for p, _ in stored_rows(CommitScore)] == ["kept", "next"]
+
+
+def test_commit_policy_leaves_other_policies_alone() -> None:
+    Score.objects.create(player="manual")
+    CommitScore.objects.create(player="commit")
+    assert snapshot(CommitScore) == (1, 1)
+    assert snapshot(Score) is None
+    assert api.tables("testapp.Score")[0].dirty is True
+
+
+def test_commit_policy_write_inside_an_atomic_on_default_only() -> None:
+    """An atomic() on the default database does not delay the memory write's spool."""
+    with transaction.atomic(using="default"):
+        CommitScore.objects.create(player="a")
+    assert snapshot(CommitScore) == (1, 1)
+
+
+def test_commit_policy_spool_error_reaches_the_writer() -> None:
+    CommitScore.objects.create(player="a")
+    PersistentStorage.objects.filter(model_name="CommitScore").update(generation=42)
+    with pytest.raises(ConflictError, match=r"testapp\.CommitScore.*generation 42"):
+        CommitScore.objects.create(player="b")
+    # The row itself was committed; the snapshot from the other process is kept, and
+    # the next statement (a read) does not raise the spool error again.
+    assert CommitScore.objects.count() == 2
+    assert snapshot(CommitScore) == (42, 1)
+
+
+# interval
+
+
+def test_interval_thread_is_running() -> None:
+    thread = policies._interval
+    assert thread is not None and thread.is_alive()
+    assert thread.daemon and thread.name == "memdb-interval-spooler"
+
+
+def test_interval_policy_spools_in_the_background() -> None:
+    IntervalScore.objects.create(player="a", points=1)
+    assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+    assert wait_for(lambda: not api.tables("testapp.IntervalScore")[0].dirty, timeout=5)
+
+    IntervalScore.objects.filter(player="a").update(points=2)
+    IntervalScore.objects.create(player="b", points=3)
+    assert wait_for(lambda: (snapshot(IntervalScore) or (0, 0))[1] == 2, timeout=20 * INTERVAL + 5)
+    assert stored_rows(IntervalScore) == [("a", 2), ("b", 3)]
+
+
+def test_interval_policy_does_not_spool_clean_tables() -> None:
+    IntervalScore.objects.create(player="a")
+    assert wait_for(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
+    first = snapshot(IntervalScore)
+    time.sleep(3 * INTERVAL)
+    assert snapshot(IntervalScore) == first
+
+
+def test_interval_thread_can_be_stopped_and_started() -> None:
+    policies.stop_interval()
+    assert policies._interval is None
+    try:
+        IntervalScore.objects.create(player="a")
+        time.sleep(3 * INTERVAL)
+        assert snapshot(IntervalScore) is None
+    finally:
+        policies.process_started()
+    assert policies._interval is not None and policies._interval.is_alive()
+    assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+
+
+# manual
+
+
+def test_manual_policy_waits_for_a_request() -> None:
+    Score.objects.create(player="a")
+    IntervalScore.objects.create(player="b")
+    # Once the interval spooler has passed, it has left the manual table alone.
+    assert wait_for(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
+    assert snapshot(Score) is None
+    assert api.tables("testapp.Score")[0].dirty is True
+    api.spool("testapp.Score")
+    assert snapshot(Score) == (1, 1)
+
+
+def test_flush_spools_only_dirty_tables() -> None:
+    Score.objects.create(player="a")
+    Legacy.objects.create(text="t")
+    api.spool("testapp.Score", "testapp.Legacy")
+    before = {label: snapshot(m) for label, m in (("Score", Score), ("Legacy", Legacy))}
+
+    Score.objects.create(player="b")
+    results = api.flush()
+
+    assert [r.label for r in results] == ["testapp.Score"]
+    assert snapshot(Score) == (2, 2)
+    assert snapshot(Legacy) == before["Legacy"]
+    assert api.flush() == []
+
+
+def test_flush_by_policy() -> None:
+    Score.objects.create(player="a")
+    Legacy.objects.create(text="t")
+    assert api.flush(policy="commit") == []
+    assert snapshot(Score) is None
+    results = api.flush(policy="manual")
+    assert sorted(r.label for r in results) == ["testapp.Legacy", "testapp.Score"]
+
+
+def test_flush_does_not_open_an_unused_memory_database(monkeypatch: pytest.MonkeyPatch) -> None:
+    """Regression: the interval thread (and the exit flush) built and restored a fresh
+    memory database when the alias's NAME no longer named the one in use."""
+    other = "file:memdb_never_used?mode=memory&cache=shared"
+    monkeypatch.setitem(connections["memdb"].settings_dict, "NAME", other)
+    assert api.flush() == []
+    assert other not in store._states or not store._states[other].ready
+
+
+def test_flush_at_exit_spools_dirty_tables(memdb_override: Override) -> None:
+    Score.objects.create(player="a")
+    with memdb_override(FLUSH_ON_EXIT=True):
+        policies.flush_at_exit()
+    assert snapshot(Score) == (1, 1)
+    policies.process_started()  # flush_at_exit stopped the interval thread
+
+
+def test_flush_at_exit_respects_the_setting(memdb_override: Override) -> None:
+    Score.objects.create(player="a")
+    with memdb_override(FLUSH_ON_EXIT=False):
+        policies.flush_at_exit()
+    assert snapshot(Score) is None
+    policies.process_started()
