@@ -1,0 +1,1 @@
+"""The models the benchmark writes to; see bench/README.md."""
