@@ -44,10 +44,10 @@ def test_rows_land_in_the_right_database() -> None:
     Plain.objects.create(name="p")
     with connections["memdb"].cursor() as cursor:
         cursor.execute(f"SELECT path FROM {Hit._meta.db_table}")
-        assert cursor.fetchall() == [("/x",)]
+        assert list(cursor.fetchall()) == [("/x",)]
     with connections["default"].cursor() as cursor:
         cursor.execute(f"SELECT name FROM {Plain._meta.db_table}")
-        assert cursor.fetchall() == [("p",)]
+        assert list(cursor.fetchall()) == [("p",)]
 
 
 @pytest.mark.parametrize(
