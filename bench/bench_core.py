@@ -355,12 +355,48 @@ def timed_sql(conn: sqlite3.Connection, sql: str) -> float:
     return time.perf_counter() - t0
 
 
+def writes_during(operation) -> dict:
+    """Time ``Plain3.objects.create()`` in this thread while ``operation`` runs in another."""
+    from benchapp.models import Plain3
+
+    done = threading.Event()
+    span: list[float] = []
+
+    def run() -> None:
+        try:
+            t0 = time.perf_counter()
+            operation()
+            span.append(time.perf_counter() - t0)
+        finally:
+            done.set()
+
+    thread = threading.Thread(target=run, name="bench-operation")
+    lat: list[int] = []
+    seq = [10_000_000]
+    thread.start()
+    while not done.is_set():
+        timed_creates(Plain3, 1, lat, seq)
+    thread.join()
+    Plain3.objects.all().delete()
+    return {
+        "seconds": span[0] if span else float("nan"),
+        "creates": len(lat),
+        "max_ms": max(lat) / 1e6 if lat else float("nan"),
+        "mean_us": statistics.fmean(lat) / 1000 if lat else float("nan"),
+    }
+
+
 def bench_spool_restore(args) -> list[dict]:
     from benchapp.models import Persist3
+    from django.db import connections
 
     from memdb import api
 
     table = Persist3._meta.db_table
+    stock = connections["stock"]
+    if table not in stock.introspection.table_names():
+        with stock.schema_editor() as editor:
+            editor.create_model(Persist3)
     results = []
     for n, runs in args.big:
         Persist3.objects.all().delete()
@@ -370,6 +406,15 @@ def bench_spool_restore(args) -> list[dict]:
         t0 = time.perf_counter()
         Persist3.objects.bulk_create(objs)
         t_orm = time.perf_counter() - t0
+        # the same rows through Django's stock SQLite backend, for comparison
+        for obj in objs:
+            obj.pk = None
+            obj._state.adding, obj._state.db = True, None
+        gc.collect()
+        t0 = time.perf_counter()
+        Persist3.objects.using("stock").bulk_create(objs)
+        t_stock = time.perf_counter() - t0
+        Persist3.objects.using("stock").all().delete()
         del objs
         assert Persist3.objects.count() == n
         # the first spool makes the table clean, so the interval thread stays idle below
@@ -391,6 +436,11 @@ def bench_spool_restore(args) -> list[dict]:
             restore_s.append(time.perf_counter() - t0)
             assert res.rows == n
         assert Persist3.objects.count() == n
+
+        # Writes to *another* memory table (Plain3) while Persist3 spools or restores in
+        # a second thread: the longest create() shows how long the other table is held up.
+        during = {"spool": writes_during(lambda: api.spool(PERSIST))}
+        during["restore"] = writes_during(lambda: api.restore(PERSIST))
 
         # SQLite's own floor, in the same memory database: a copy of the table
         # (what a spool's read does) and an INSERT ... SELECT into a table of the same
@@ -421,8 +471,10 @@ def bench_spool_restore(args) -> list[dict]:
                 "ctas": statistics.median(ctas),
                 "insel": statistics.median(insel),
                 "orm": t_orm,
+                "stock": t_stock,
                 "all_spool": spool_s,
                 "all_restore": restore_s,
+                "during": during,
             }
         )
         print(f"  {n:>9,} rows: done", flush=True)
@@ -457,10 +509,17 @@ def print_spool_restore(results: list[dict]) -> None:
             ("memdb restore", r["restore"], r["runs"], r["insel"]),
             ("  SQLite floor: INSERT INTO copy SELECT", r["insel"], r["runs"], None),
             ("ORM bulk_create of the same rows", r["orm"], 1, r["insel"]),
+            ("  same, Django's stock SQLite backend", r["stock"], 1, r["insel"]),
         ]
         for name, secs, runs, floor in lines:
             xf = f"{secs / floor:7.1f}" if floor else f"{'':7}"
             print(f"   {n:>9,} | {name:<44} | {runs:>4} | {secs:8.3f} | {n / secs:>11,.0f} | {xf}")
+        for op, d in r["during"].items():
+            print(
+                f"   {n:>9,} | while a {op} ran in another thread ({d['seconds']:.3f} s), "
+                f"{d['creates']:,} Plain3 creates: mean {d['mean_us']:.0f} us, "
+                f"longest {d['max_ms']:.0f} ms"
+            )
         print(
             f"   {n:>9,} | snapshot size: {r['bytes']:,} bytes ({r['bytes'] / n:.1f} bytes/row); "
             f"spool runs {', '.join(f'{s:.3f}' for s in r['all_spool'])} s; "
