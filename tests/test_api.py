@@ -287,6 +287,22 @@ def test_restore_of_several_tables_tries_all_and_reports_the_failure() -> None:
     assert info("testapp.Legacy").restore_state == "ok"
 
 
+def test_restore_of_a_parent_table_keeps_foreign_keys_valid() -> None:
+    red = Team.objects.create(name="red")
+    Player.objects.create(team=red, name="ann")
+    api.spool("testapp.Team", "testapp.Player")
+
+    api.restore("testapp.Team")  # the rows its children point to are in the snapshot
+    assert Player.objects.get().team.name == "red"
+
+    blue = Team.objects.create(name="blue")
+    Player.objects.create(team=blue, name="bob")
+    with pytest.raises(RestoreError, match=r"testapp\.Team.*constraint"):
+        api.restore("testapp.Team")  # would orphan bob
+    assert sorted(Team.objects.values_list("name", flat=True)) == ["blue", "red"]
+    assert Player.objects.get(name="bob").team == blue
+
+
 def test_unknown_codec_on_a_snapshot_fails_its_restore() -> None:
     Score.objects.create(player="a")
     api.spool("testapp.Score")
