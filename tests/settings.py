@@ -5,6 +5,7 @@ on 127.0.0.1 (MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD/NAME override).
 """
 
 import os
+import tempfile
 
 import memdb
 
@@ -27,7 +28,15 @@ if _kind == "sqlite":
             "NAME": _env(
                 "MEMDB_TEST_DB_NAME", os.path.join(os.path.dirname(__file__), "default.sqlite3")
             ),
-            "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME")},
+            # A file, not Django's default shared-cache memory database: background
+            # spools then wait on SQLite's busy timeout like they would in production.
+            "TEST": {
+                "NAME": _env(
+                    "MEMDB_TEST_DB_TEST_NAME",
+                    os.path.join(tempfile.gettempdir(), f"memdb-test-{os.getpid()}.sqlite3"),
+                )
+            },
+            "OPTIONS": {"timeout": 20},
         }
     }
 elif _kind == "postgresql":
