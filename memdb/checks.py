@@ -111,11 +111,12 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
 @checks.register(checks.Tags.models, "memdb")
 def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMessage]:
     from django.apps import apps
+    from django.db.models import Model
 
     from .registry import is_memory_model
 
     errors: list[checks.CheckMessage] = []
-    models = (
+    models: list[type[Model]] = (
         apps.get_models()
         if app_configs is None
         else [model for config in app_configs for model in config.get_models()]
