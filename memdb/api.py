@@ -9,9 +9,9 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import store
-from .exceptions import MemdbError, RestoreError
+from .exceptions import RestoreError
 from .registry import is_persistent, label_of, memory_models, model_name_of, policy_of, resolve
-from .restore import RestoreResult, restore_model
+from .restore import RestoreResult, restore_models
 from .spooler import SpoolResult, flush, spool_model, stored_snapshots
 
 __all__ = [
@@ -62,21 +62,19 @@ def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
 def restore(*labels: str) -> list[RestoreResult]:
     """Replace the named tables (all stored ones when none are named) with their snapshots.
 
-    The first failure is raised after the other tables were tried; each failed table
-    keeps its snapshot and stays protected from spools.
+    The tables are replaced together, so foreign keys between them are checked against
+    the restored set. Failures are raised as one ``RestoreError`` after every table was
+    tried (its ``results`` and ``errors`` say which); each failed table keeps its
+    snapshot and stays protected from spools.
     """
     models = resolve(labels, persistent_only=True)
     if not labels:
         models = [m for m in models if stored_snapshots(m).exists()]
-    results: list[RestoreResult] = []
-    errors: list[MemdbError] = []
-    for model in models:
-        try:
-            results.append(restore_model(model))
-        except MemdbError as exc:
-            errors.append(exc)
+    results, errors = restore_models(models)
     if errors:
-        raise RestoreError("; ".join(str(e) for e in errors)) from errors[0]
+        first = next(iter(errors.values()))
+        message = "; ".join(str(e) for e in errors.values())
+        raise RestoreError(message, results=results, errors=errors) from first
     return results
 
 

@@ -2,6 +2,9 @@
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
+from typing import Any
+
 
 class MemdbError(Exception):
     """Base class of every error django-memdb raises on purpose."""
@@ -20,7 +23,22 @@ class SpoolError(MemdbError):
 
 
 class RestoreError(MemdbError):
-    """A snapshot could not be loaded; it is left untouched in storage."""
+    """A snapshot could not be loaded; it is left untouched in storage.
+
+    Raised by ``memdb.api.restore`` after every table was tried: ``results`` holds what
+    was restored, ``errors`` maps each failed label to its own error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        results: Sequence[Any] = (),
+        errors: Mapping[str, RestoreError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.results = list(results)
+        self.errors = dict(errors or {})
 
 
 class CodecError(MemdbError):

@@ -15,6 +15,7 @@ import hashlib
 import sqlite3
 import time
 import warnings
+from contextlib import ExitStack
 from dataclasses import dataclass
 from typing import Any
 
@@ -45,43 +46,108 @@ class RestoreResult:
     generation: int
 
 
-def restore_model(model: ModelType, *, state: store.StoreState | None = None) -> RestoreResult:
-    """Replace ``model``'s memory table with its stored snapshot; see ``memdb.api.restore``."""
-    label = model._meta.label
-    booting = state is not None
-    if not booting:
-        refuse_inside_transaction("restore", label, RestoreError)
+@dataclass
+class _Job:
+    model: ModelType
+    snapshot: Any
+    image: bytes = b""
+    started: float = 0.0
+    rows: int = 0
+
+
+def restore_models(
+    models: list[ModelType], *, state: store.StoreState | None = None
+) -> tuple[list[RestoreResult], dict[str, RestoreError]]:
+    """Replace the tables of ``models`` (parents first) with their stored snapshots.
+
+    The tables are replaced together in one transaction, children emptied before
+    parents and parents loaded before children, so foreign keys between them are
+    checked against the restored set rather than against a half-restored one. If that
+    transaction fails, each table is tried on its own so the good ones still load.
+    ``state`` is given while the store boots; otherwise this refuses to run inside
+    ``atomic()`` on the memory alias.
+    """
+    if state is None:
+        for model in models:
+            refuse_inside_transaction("restore", model._meta.label, RestoreError)
         store.ensure_ready()
         state = store.current_state()
-    assert state is not None
-    table_state = state.table(label)
-    with table_state.lock:
-        snapshot = stored_snapshots(model).order_by("-generation").first()
-        if snapshot is None:
-            raise RestoreError(f"{label} has no stored snapshot to restore")
-        signals.pre_restore.send(sender=model, label=label)
-        started = time.perf_counter()
-        try:
-            image = _verified_image(model, snapshot)
+    errors: dict[str, RestoreError] = {}
+    done: list[_Job] = []
+    with ExitStack() as stack:
+        for model in models:
+            stack.enter_context(state.table(model._meta.label).lock)
+        jobs: list[_Job] = []
+        for model in models:
+            try:
+                jobs.append(_prepare(model))
+            except RestoreError as exc:
+                _failed(state, model, exc, errors)
+        if jobs:
             with store.raw_connection(state.name) as conn:
-                rows = load_image(conn, model, image, expected_rows=snapshot.row_count)
-        except MemdbError as exc:
-            table_state.restore_error = str(exc)
-            raise
-        except Exception as exc:
-            table_state.restore_error = f"{label}: {store.describe(exc)}"
-            raise RestoreError(table_state.restore_error) from exc
-        table_state.generation = snapshot.generation
-        table_state.restore_error = None
-        table_state.restored = True
-        result = RestoreResult(
-            label=label,
-            rows=rows,
-            milliseconds=round((time.perf_counter() - started) * 1000, 3),
-            generation=snapshot.generation,
-        )
-    signals.post_restore.send(sender=model, label=label, result=result)
-    return result
+                limit = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+                for batch in _batches(jobs, limit):
+                    try:
+                        _load(conn, batch)
+                        done.extend(batch)
+                        continue
+                    except RestoreError as exc:
+                        if len(batch) == 1:
+                            _failed(state, batch[0].model, exc, errors)
+                            continue
+                    for job in batch:
+                        try:
+                            _load(conn, [job])
+                            done.append(job)
+                        except RestoreError as exc:
+                            _failed(state, job.model, exc, errors)
+        results = []
+        for job in done:
+            table_state = state.table(job.model._meta.label)
+            table_state.generation = job.snapshot.generation
+            table_state.restore_error = None
+            table_state.restored = True
+            results.append(
+                RestoreResult(
+                    label=job.model._meta.label,
+                    rows=job.rows,
+                    milliseconds=round((time.perf_counter() - job.started) * 1000, 3),
+                    generation=job.snapshot.generation,
+                )
+            )
+    for job, result in zip(done, results, strict=True):
+        signals.post_restore.send(sender=job.model, label=result.label, result=result)
+    return results, errors
+
+
+def _batches(jobs: list[_Job], limit: int) -> list[list[_Job]]:
+    size = max(1, limit - 1)
+    return [jobs[i : i + size] for i in range(0, len(jobs), size)]
+
+
+def _failed(
+    state: store.StoreState, model: ModelType, exc: RestoreError, errors: dict[str, RestoreError]
+) -> None:
+    state.table(model._meta.label).restore_error = str(exc)
+    store.logger.error("memdb: restore failed: %s", exc)
+    errors[model._meta.label] = exc
+
+
+def _prepare(model: ModelType) -> _Job:
+    """Fetch, verify and decode the snapshot: everything that needs no memory-table lock."""
+    label = model._meta.label
+    snapshot = stored_snapshots(model).order_by("-generation").first()
+    if snapshot is None:
+        raise RestoreError(f"{label} has no stored snapshot to restore")
+    signals.pre_restore.send(sender=model, label=label)
+    job = _Job(model=model, snapshot=snapshot, started=time.perf_counter())
+    try:
+        job.image = _verified_image(model, snapshot)
+    except RestoreError:
+        raise
+    except MemdbError as exc:
+        raise RestoreError(str(exc)) from exc
+    return job
 
 
 def _verified_image(model: ModelType, snapshot: Any) -> bytes:
@@ -100,60 +166,79 @@ def _verified_image(model: ModelType, snapshot: Any) -> bytes:
     return codecs.decode(snapshot.codecs or [], data, label=label)
 
 
-def load_image(
-    conn: sqlite3.Connection, model: ModelType, image: bytes, *, expected_rows: int
-) -> int:
-    """Replace the table's rows with those of a one-table SQLite image; return the count."""
-    label = model._meta.label
-    table = model._meta.db_table
-    q = store.quote(table)
-    conn.execute(f"ATTACH DATABASE ':memory:' AS {SNAP_SCHEMA}")
+def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+    """Replace the tables of ``jobs`` with their images, all in one transaction."""
+    attached: list[str] = []
     try:
-        try:
-            conn.deserialize(image, name=SNAP_SCHEMA)
-            kind = conn.execute(
-                f"SELECT type FROM {SNAP_SCHEMA}.sqlite_master WHERE name = ?", (table,)
-            ).fetchone()
-        except sqlite3.DatabaseError as exc:
-            raise RestoreError(
-                f"{label}: the snapshot is not a readable table image ({exc})"
-            ) from exc
-        if kind is None or kind[0] != "table":
-            raise RestoreError(f"{label}: the snapshot holds no table {table!r}")
-        stored = [r[1] for r in conn.execute(f"PRAGMA {SNAP_SCHEMA}.table_info({q})")]
-        columns, values, params = _column_mapping(model, stored)
+        plans = []
+        for number, job in enumerate(jobs):
+            schema = f"{SNAP_SCHEMA}{number}"
+            conn.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+            attached.append(schema)
+            plans.append((job, schema, _plan(conn, job, schema)))
 
-        def copy() -> int:
-            # Without its counting triggers for the copy (restored rows are clean, and a
-            # per-row trigger would also disable SQLite's fast DELETE of a whole table).
-            for sql in store.drop_triggers_sql(table):
-                conn.execute(sql)
-            conn.execute(f"DELETE FROM main.{q}")
-            conn.execute(
-                f"INSERT INTO main.{q} ({', '.join(map(store.quote, columns))}) "
-                f"SELECT {', '.join(values)} FROM {SNAP_SCHEMA}.{q}",
-                params,
-            )
-            rows = conn.execute(f"SELECT count(*) FROM main.{q}").fetchone()[0]
-            if rows != expected_rows:
-                raise RestoreError(
-                    f"{label}: the snapshot says {expected_rows} rows but holds {rows}"
+        def copy() -> None:
+            # Without the counting triggers: restored rows are clean, and a per-row
+            # trigger would also disable SQLite's fast DELETE of a whole table.
+            for job, _, _ in plans:
+                for sql in store.drop_triggers_sql(job.model._meta.db_table):
+                    conn.execute(sql)
+            for job, _, _ in reversed(plans):
+                conn.execute(f"DELETE FROM main.{store.quote(job.model._meta.db_table)}")
+            for job, schema, (columns, values, params) in plans:
+                table = job.model._meta.db_table
+                q = store.quote(table)
+                conn.execute(
+                    f"INSERT INTO main.{q} ({', '.join(map(store.quote, columns))}) "
+                    f"SELECT {', '.join(values)} FROM {schema}.{q}",
+                    params,
                 )
-            for sql in store.create_triggers_sql(table):
-                conn.execute(sql)
-            conn.execute(f"UPDATE {store.CHANGES_TABLE} SET spooled = seq WHERE tbl = ?", (table,))
-            return rows
+                job.rows = conn.execute(f"SELECT count(*) FROM main.{q}").fetchone()[0]
+                if job.rows != job.snapshot.row_count:
+                    raise RestoreError(
+                        f"{job.model._meta.label}: the snapshot says "
+                        f"{job.snapshot.row_count} rows but holds {job.rows}"
+                    )
+                for sql in store.create_triggers_sql(table):
+                    conn.execute(sql)
+                conn.execute(
+                    f"UPDATE {store.CHANGES_TABLE} SET spooled = seq WHERE tbl = ?", (table,)
+                )
 
+        conn.execute("PRAGMA foreign_keys = ON")
         try:
-            conn.execute("PRAGMA foreign_keys = ON")
-            return store.run_locked_transaction(conn, copy, immediate=True)
+            store.run_locked_transaction(conn, copy, immediate=True)
         except sqlite3.IntegrityError as exc:
+            labels = ", ".join(job.model._meta.label for job in jobs)
             raise RestoreError(
-                f"{label}: the snapshot's rows break a constraint of the current model ({exc}); "
-                f"a related table may have failed to restore"
+                f"{labels}: the snapshot's rows break a constraint of the current model "
+                f"({exc}); a related table may be missing rows or have failed to restore"
             ) from exc
+        except sqlite3.DatabaseError as exc:
+            labels = ", ".join(job.model._meta.label for job in jobs)
+            raise RestoreError(f"{labels}: {store.describe(exc)}") from exc
     finally:
-        conn.execute(f"DETACH DATABASE {SNAP_SCHEMA}")
+        for schema in attached:
+            conn.execute(f"DETACH DATABASE {schema}")
+
+
+def _plan(
+    conn: sqlite3.Connection, job: _Job, schema: str
+) -> tuple[list[str], list[str], list[Any]]:
+    """Attach the job's image as ``schema`` and map its columns onto the model's."""
+    label = job.model._meta.label
+    table = job.model._meta.db_table
+    try:
+        conn.deserialize(job.image, name=schema)
+        kind = conn.execute(
+            f"SELECT type FROM {schema}.sqlite_master WHERE name = ?", (table,)
+        ).fetchone()
+    except sqlite3.DatabaseError as exc:
+        raise RestoreError(f"{label}: the snapshot is not a readable table image ({exc})") from exc
+    if kind is None or kind[0] != "table":
+        raise RestoreError(f"{label}: the snapshot holds no table {table!r}")
+    stored = [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({store.quote(table)})")]
+    return _column_mapping(job.model, stored)
 
 
 def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], list[str], list[Any]]:
@@ -201,14 +286,9 @@ def restore_at_start(state: store.StoreState) -> None:
         )
         return
     for model in models:
-        label = model._meta.label
-        if label not in stored:
-            state.table(label).generation = 0
-            continue
-        try:
-            restore_model(model, state=state)
-        except MemdbError as exc:
-            store.logger.error("memdb: restore failed: %s", exc)
+        if model._meta.label not in stored:
+            state.table(model._meta.label).generation = 0
+    restore_models([m for m in models if m._meta.label in stored], state=state)
 
 
 def _stored_labels() -> set[str]:

@@ -303,6 +303,24 @@ def test_restore_of_a_parent_table_keeps_foreign_keys_valid() -> None:
     assert Player.objects.get(name="bob").team == blue
 
 
+def test_restore_of_related_tables_together_checks_keys_against_the_restored_set() -> None:
+    """Regression: restoring every table one by one failed the parent whenever a child
+    row added since the last spool pointed at a parent row added since then too."""
+    red = Team.objects.create(name="red")
+    Player.objects.create(team=red, name="ann")
+    api.spool("testapp.Team", "testapp.Player")
+    green = Team.objects.create(name="green")
+    Player.objects.create(team=green, name="gus")
+
+    results = api.restore("testapp.Team", "testapp.Player")
+
+    assert [r.label for r in results] == ["testapp.Team", "testapp.Player"]
+    assert list(Team.objects.values_list("name", flat=True)) == ["red"]
+    assert list(Player.objects.values_list("name", "team__name")) == [("ann", "red")]
+    assert info("testapp.Team").restore_state == "ok"
+    assert info("testapp.Player").restore_state == "ok"
+
+
 def test_unknown_codec_on_a_snapshot_fails_its_restore() -> None:
     Score.objects.create(player="a")
     api.spool("testapp.Score")

@@ -91,7 +91,9 @@ def test_restore_with_labels_shows_progress() -> None:
     Score.objects.all().delete()
     out, err = run("memdb_restore", "testapp.Score")
     assert re.fullmatch(
-        r"\[1/1\] restoring testapp\.Score \.\.\. 2 rows from generation 1, \d+ ms\n", out
+        r"restoring 1 table\(s\) together \.\.\.\n"
+        r"\[1/1\] restoring testapp\.Score \.\.\. 2 rows from generation 1, \d+ ms\n",
+        out,
     )
     assert err == ""
     assert Score.objects.count() == 2
@@ -104,7 +106,8 @@ def test_restore_without_labels_restores_the_stored_tables() -> None:
     Score.objects.all().delete()
     Legacy.objects.all().delete()
     out, _ = run("memdb_restore")
-    lines = out.splitlines()
+    header, *lines = out.splitlines()
+    assert header == "restoring 2 table(s) together ..."
     assert len(lines) == 2
     assert all(
         re.match(r"\[[12]/2\] restoring testapp\.(Score|Legacy) \.\.\. 1 rows", x) for x in lines
