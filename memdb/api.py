@@ -115,13 +115,12 @@ def tables(*labels: str) -> list[TableInfo]:
         )
     }
     with store.raw_connection(state.name) as conn:
-        counters = store.change_counters(conn)
+        seqs = {m._meta.db_table: store.read_seq(conn, m._meta.db_table) for m in models}
         counts = {m._meta.db_table: store.count_rows(conn, m._meta.db_table) for m in models}
     infos = []
     for model in models:
         persistent = is_persistent(model)
         snap = snapshots.get((model._meta.app_label, model_name_of(model)))
-        seq, spooled = counters.get(model._meta.db_table, (0, 0))
         table_state = state.tables.get(label_of(model))
         restore_error = table_state.restore_error if table_state else None
         if restore_error:
@@ -139,7 +138,7 @@ def tables(*labels: str) -> list[TableInfo]:
                 persistent=persistent,
                 policy=policy_of(model) if persistent else None,
                 rows=counts[model._meta.db_table],
-                dirty=persistent and seq != spooled,
+                dirty=persistent and store.is_dirty(state, model, seqs[model._meta.db_table]),
                 last_spooled=snap["updated_at"] if snap else None,
                 snapshot_bytes=snap["size"] if snap else None,
                 snapshot_rows=snap["row_count"] if snap else None,

@@ -47,16 +47,16 @@ def spool_committed() -> None:
     from django.db import connections
 
     from . import store
+    from .registry import persistent_models
     from .spooler import flush
 
-    tables = sorted(tables_with_policy("commit"))
     raw = connections[memdb_settings.ALIAS].connection
-    if raw is not None and tables:
-        sql = (
-            f"SELECT 1 FROM {store.CHANGES_TABLE} WHERE seq != spooled "
-            f"AND tbl IN ({', '.join('?' * len(tables))}) LIMIT 1"
-        )
-        if store.retry_locked(lambda: raw.execute(sql, tables).fetchone()) is None:
+    state = store.current_state()
+    if raw is not None and state.ready:
+        models = [
+            m for m in persistent_models() if m._meta.db_table in tables_with_policy("commit")
+        ]
+        if not any(store.is_dirty(state, m, store.read_seq(raw, m._meta.db_table)) for m in models):
             return
     flush(policy="commit", raise_errors=True)
 
@@ -73,7 +73,7 @@ class IntervalSpooler(threading.Thread):
 
         while not self.stopping.wait(float(memdb_settings.INTERVAL)):
             try:
-                flush(policy="interval")
+                flush(policy="interval", skip_busy=True)
             except Exception:
                 logger.exception("memdb: interval spool failed")
             finally:

@@ -53,6 +53,7 @@ class _Job:
     image: bytes = b""
     started: float = 0.0
     rows: int = 0
+    seq: int = 0
 
 
 def restore_models(
@@ -107,6 +108,7 @@ def restore_models(
             table_state.generation = job.snapshot.generation
             table_state.restore_error = None
             table_state.restored = True
+            table_state.spooled_seq = job.seq
             results.append(
                 RestoreResult(
                     label=job.model._meta.label,
@@ -201,9 +203,7 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
                     )
                 for sql in store.create_triggers_sql(table):
                     conn.execute(sql)
-                conn.execute(
-                    f"UPDATE {store.CHANGES_TABLE} SET spooled = seq WHERE tbl = ?", (table,)
-                )
+                job.seq = store.read_seq(conn, table)
 
         conn.execute("PRAGMA foreign_keys = ON")
         try:

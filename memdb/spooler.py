@@ -67,22 +67,47 @@ def writer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
 
+#: Rows copied per statement while a snapshot is read: between two statements other
+#: connections of the shared cache get their turn, so a big table's spool does not
+#: stall writes to the other tables.
+COPY_CHUNK = 20_000
+
+
 def read_image(conn: sqlite3.Connection, table: str) -> tuple[int, int, bytes]:
-    """``(seq, rows, image)``: the table as of one instant, as a one-table SQLite image."""
+    """``(seq, rows, image)``: the table as of one instant, as a one-table SQLite image.
+
+    ``seq`` is read just before the copy: a write between the two makes the snapshot
+    newer than ``seq`` says, so the table is spooled once more, never once too few.
+    The copy runs in one read transaction, which keeps writers of this table out until
+    it ends, so the image is a consistent point-in-time read.
+    """
     q = store.quote(table)
+    seq = store.read_seq(conn, table)
     conn.execute(f"ATTACH DATABASE ':memory:' AS {SNAP_SCHEMA}")
     try:
 
-        def copy() -> tuple[int, int]:
-            seq = conn.execute(
-                f"SELECT seq FROM {store.CHANGES_TABLE} WHERE tbl = ?", (table,)
-            ).fetchone()[0]
+        def copy() -> int:
             conn.execute(f"DROP TABLE IF EXISTS {SNAP_SCHEMA}.{q}")
-            conn.execute(f"CREATE TABLE {SNAP_SCHEMA}.{q} AS SELECT * FROM main.{q}")
-            rows = conn.execute(f"SELECT count(*) FROM {SNAP_SCHEMA}.{q}").fetchone()[0]
-            return seq, rows
+            conn.execute(f"CREATE TABLE {SNAP_SCHEMA}.{q} AS SELECT * FROM main.{q} WHERE 0")
+            last, rows = None, 0
+            while True:
+                bound = "" if last is None else "WHERE rowid > ?"
+                params = () if last is None else (last,)
+                batch = conn.execute(
+                    f"SELECT count(*), max(r) FROM (SELECT rowid AS r FROM main.{q} {bound} "
+                    f"ORDER BY rowid LIMIT {COPY_CHUNK})",
+                    params,
+                ).fetchone()
+                if not batch[0]:
+                    return rows
+                conn.execute(
+                    f"INSERT INTO {SNAP_SCHEMA}.{q} SELECT * FROM main.{q} "
+                    f"{'WHERE' if last is None else bound + ' AND'} rowid <= ? ORDER BY rowid",
+                    (*params, batch[1]),
+                )
+                last, rows = batch[1], rows + batch[0]
 
-        seq, rows = store.run_locked_transaction(conn, copy, immediate=False)
+        rows = store.run_locked_transaction(conn, copy, immediate=False)
         return seq, rows, conn.serialize(name=SNAP_SCHEMA)
     finally:
         conn.execute(f"DETACH DATABASE {SNAP_SCHEMA}")
@@ -119,7 +144,7 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
                 )
                 table_state.generation = generation
                 table_state.restore_error = None
-                store.mark_spooled(conn, model._meta.db_table, seq)
+                table_state.spooled_seq = seq
         except MemdbError:
             raise
         except Exception as exc:
@@ -198,26 +223,35 @@ def write_snapshot(
     return generation
 
 
-def flush(policy: str | None = None, *, raise_errors: bool = False) -> list[SpoolResult]:
+def flush(
+    policy: str | None = None, *, raise_errors: bool = False, skip_busy: bool = False
+) -> list[SpoolResult]:
     """Spool the dirty persistent tables (of one ``policy``, or all).
 
     Errors are logged, or raised (the first one) with ``raise_errors``; the other tables
-    are still spooled either way. A memory database this process has not opened has
-    nothing to flush, and is not opened (so not built and restored) just to find that out.
+    are still spooled either way. ``skip_busy`` leaves a table that a transaction is
+    writing right now for the next call instead of waiting for it. A memory database
+    this process has not opened has nothing to flush, and is not opened (so not built
+    and restored) just to find that out.
     """
-    if not store.current_state().ready:
+    state = store.current_state()
+    if not state.ready:
         return []
     models = [m for m in persistent_models() if policy is None or policy_of(m) == policy]
-    if not models:
-        return []
-    with store.raw_connection() as conn:
-        counters = store.change_counters(conn)
+    dirty = []
+    with store.raw_connection(state.name) as conn:
+        for model in models:
+            try:
+                seq = store.read_seq(conn, model._meta.db_table, timeout=0 if skip_busy else None)
+            except sqlite3.OperationalError as exc:
+                if skip_busy and store.is_lock_error(exc):
+                    continue
+                raise
+            if store.is_dirty(state, model, seq):
+                dirty.append(model)
     results: list[SpoolResult] = []
     first_error: MemdbError | None = None
-    for model in models:
-        seq, spooled = counters.get(model._meta.db_table, (0, 0))
-        if seq == spooled:
-            continue
+    for model in dirty:
         try:
             results.append(spool_model(model))
         except MemdbError as exc:

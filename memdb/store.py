@@ -7,10 +7,12 @@ the data. At the first connection the tables are created from the current models
 change-tracking triggers are installed and the snapshots restored; nothing of this runs
 in ``AppConfig.ready()``.
 
-Change tracking lives in the database: triggers on every memory table bump a counter in
-``memdb_changes``, so every write path (ORM, bulk, ``QuerySet.update``, raw SQL) is
-seen. A table is dirty while ``seq`` differs from ``spooled``, the ``seq`` its last
-snapshot was read at.
+Change tracking lives in the database: triggers on every memory table bump the one-row
+counter table ``memdb_changes_<table>``, so every write path (ORM, bulk,
+``QuerySet.update``, raw SQL) is seen, and rolled-back writes are not. A table is dirty
+while its ``seq`` differs from ``TableState.spooled_seq``, the ``seq`` its last snapshot
+was read at. One counter table per table keeps a long transaction on one table from
+blocking the dirty checks (and spools) of the others.
 """
 
 from __future__ import annotations
@@ -23,7 +25,7 @@ import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, TypeVar
+from typing import TYPE_CHECKING, Any, TypeVar
 
 from .conf import memdb_settings
 
@@ -34,7 +36,10 @@ logger = logging.getLogger("memdb")
 
 T = TypeVar("T")
 
-CHANGES_TABLE = "memdb_changes"
+
+def changes_table(table: str) -> str:
+    """The one-row table counting the rows written to ``table``."""
+    return f"memdb_changes_{table}"
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -77,6 +82,8 @@ class TableState:
     #: Why the last restore failed; the table is protected from spools while set.
     restore_error: str | None = None
     restored: bool = False
+    #: The table's change counter when its last snapshot (spooled or restored) was read.
+    spooled_seq: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
 
 
@@ -201,15 +208,14 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
             with wrapper.schema_editor() as editor:
                 for model in missing:
                     editor.create_model(model)
-    statements = [
-        f"CREATE TABLE IF NOT EXISTS {CHANGES_TABLE} ("
-        "tbl TEXT PRIMARY KEY, seq INTEGER NOT NULL DEFAULT 0, "
-        "spooled INTEGER NOT NULL DEFAULT 0) WITHOUT ROWID"
-    ]
+    statements = []
     for model in models:
-        table = model._meta.db_table
-        statements.append(f"INSERT OR IGNORE INTO {CHANGES_TABLE} (tbl) VALUES ({_literal(table)})")
-        statements.extend(create_triggers_sql(table))
+        counter = quote(changes_table(model._meta.db_table))
+        statements.append(f"CREATE TABLE IF NOT EXISTS {counter} (seq INTEGER NOT NULL)")
+        statements.append(
+            f"INSERT INTO {counter} (seq) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {counter})"
+        )
+        statements.extend(create_triggers_sql(model._meta.db_table))
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
@@ -219,11 +225,11 @@ TRIGGER_EVENTS = ("INSERT", "UPDATE", "DELETE")
 
 
 def create_triggers_sql(table: str) -> list[str]:
-    """The triggers that count every row written to ``table`` in ``memdb_changes``."""
+    """The triggers that count every row written to ``table`` in its counter table."""
     return [
         f"CREATE TRIGGER IF NOT EXISTS {quote(f'memdb_{table}_{event.lower()}')} "
-        f"AFTER {event} ON {quote(table)} BEGIN UPDATE {CHANGES_TABLE} SET seq = seq + 1 "
-        f"WHERE tbl = {_literal(table)}; END"
+        f"AFTER {event} ON {quote(table)} BEGIN UPDATE {quote(changes_table(table))} "
+        f"SET seq = seq + 1; END"
         for event in TRIGGER_EVENTS
     ]
 
@@ -235,28 +241,19 @@ def drop_triggers_sql(table: str) -> list[str]:
     ]
 
 
-def _literal(text: str) -> str:
-    return "'" + text.replace("'", "''") + "'"
+def read_seq(conn: sqlite3.Connection, table: str, *, timeout: float | None = None) -> int:
+    """The change counter of ``table``; waits for a writer of that table only."""
+    sql = f"SELECT seq FROM {quote(changes_table(table))}"
+    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0], timeout))
 
 
-def change_counters(conn: sqlite3.Connection) -> dict[str, tuple[int, int]]:
-    """``{table: (seq, spooled)}`` for every tracked table."""
-    rows = retry_locked(
-        lambda: conn.execute(f"SELECT tbl, seq, spooled FROM {CHANGES_TABLE}").fetchall()
-    )
-    return {tbl: (seq, spooled) for tbl, seq, spooled in rows}
+def is_dirty(state: StoreState, model: Any, seq: int) -> bool:
+    return seq != state.table(model._meta.label).spooled_seq
 
 
 def count_rows(conn: sqlite3.Connection, table: str) -> int:
     sql = f"SELECT count(*) FROM {quote(table)}"
     return int(retry_locked(lambda: conn.execute(sql).fetchone()[0]))
-
-
-def mark_spooled(conn: sqlite3.Connection, table: str, seq: int) -> None:
-    """Record that the table's contents at ``seq`` are safely stored."""
-    retry_locked(
-        lambda: conn.execute(f"UPDATE {CHANGES_TABLE} SET spooled = ? WHERE tbl = ?", (seq, table))
-    )
 
 
 def run_locked_transaction(

@@ -43,14 +43,19 @@ def reset_memdb() -> None:
     try:
         with store.raw_connection() as conn:
 
-            def wipe() -> None:
+            def wipe() -> dict[str, int]:
                 for model in memory_models():
                     conn.execute(f"DELETE FROM {store.quote(model._meta.db_table)}")
-                conn.execute(f"UPDATE {store.CHANGES_TABLE} SET spooled = seq")
+                return {
+                    m._meta.label: store.read_seq(conn, m._meta.db_table) for m in memory_models()
+                }
 
-            store.run_locked_transaction(conn, wipe, immediate=True)
+            seqs = store.run_locked_transaction(conn, wipe, immediate=True)
         PersistentStorage.objects.using(storage_alias()).all().delete()
-        store.current_state().tables.clear()
+        state = store.current_state()
+        state.tables.clear()
+        for label, seq in seqs.items():
+            state.table(label).spooled_seq = seq
     finally:
         if was_running:
             policies.process_started()

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sqlite3
+import threading
 import time
 from collections.abc import Callable
 from contextlib import AbstractContextManager
@@ -15,7 +16,7 @@ from django.db import connections, transaction
 from memdb import api, codecs, policies, store
 from memdb.exceptions import ConflictError
 from memdb.models import PersistentStorage
-from tests.testapp.models import CommitScore, IntervalScore, Legacy, Score
+from tests.testapp.models import CommitScore, Hit, IntervalScore, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
 
@@ -213,6 +214,32 @@ def test_interval_thread_can_be_stopped_and_started() -> None:
         policies.process_started()
     assert policies._interval is not None and policies._interval.is_alive()
     assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+
+
+def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() -> None:
+    """Regression: all tables shared one change-counter table, so a transaction writing
+    any memory table for longer than LOCK_TIMEOUT stalled every interval spool."""
+    IntervalScore.objects.create(player="a")
+    holding, release = threading.Event(), threading.Event()
+
+    def long_transaction() -> None:
+        try:
+            with transaction.atomic(using="memdb"):
+                Hit.objects.create(path="/slow")
+                holding.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=long_transaction)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+    finally:
+        release.set()
+        writer.join(30)
+    assert Hit.objects.filter(path="/slow").exists()
 
 
 # manual
