@@ -53,7 +53,9 @@ class TableInfo:
 def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
     """Write the named persistent tables (all when none are named) to ``PersistentStorage``.
 
-    ``force`` overwrites a snapshot another process wrote or one that failed to restore.
+    A table unchanged since its stored snapshot (same data, same codec chain) is not
+    rewritten: its result says ``unchanged``. ``force`` always writes, overwriting a
+    snapshot another process wrote or one that failed to restore.
     Raises ``UnknownTableError``, ``NotPersistentError``, ``ConflictError`` or ``SpoolError``.
     """
     return [spool_model(model, force=force) for model in resolve(labels, persistent_only=True)]

@@ -165,13 +165,11 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 
 
 def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]:
-    from .codecs import get_codec
+    from .codecs import as_chain, get_codec
     from .exceptions import CodecError
 
     errors: list[checks.CheckMessage] = []
-    if isinstance(names, str):
-        names = [names]
-    for name in names:
+    for name in as_chain(names):
         try:
             get_codec(name)
         except CodecError as exc:

@@ -88,7 +88,14 @@ def chain_for(model: Any) -> tuple[str, ...]:
 
     owner = model._meta.auto_created or model
     configured = getattr(owner, "memdb_codecs", None)
-    return tuple(memdb_settings.CODECS if configured is None else configured)
+    return as_chain(memdb_settings.CODECS if configured is None else configured)
+
+
+def as_chain(names: str | Iterable[str] | None) -> tuple[str, ...]:
+    """A codec chain from settings: one name alone counts as a chain of one."""
+    if not names:
+        return ()
+    return (names,) if isinstance(names, str) else tuple(names)
 
 
 def encode(chain: Iterable[str], data: bytes, *, label: str) -> bytes:

@@ -9,6 +9,8 @@ from django.conf import settings
 from django.core.signals import setting_changed
 from django.dispatch import receiver
 
+from .codecs import as_chain
+
 POLICIES = ("commit", "interval", "manual")
 
 #: Every key of ``settings.MEMDB`` with its default.
@@ -58,7 +60,7 @@ def _load() -> MemDBSettings:
         RESTORE_ON_START=bool(values["RESTORE_ON_START"]),
         FLUSH_ON_EXIT=bool(values["FLUSH_ON_EXIT"]),
         LOCK_TIMEOUT=values["LOCK_TIMEOUT"],
-        CODECS=tuple(values["CODECS"] or ()),
+        CODECS=as_chain(values["CODECS"]),
         unknown_keys=unknown,
     )
 

@@ -39,6 +39,8 @@ class SpoolResult:
     bytes: int
     milliseconds: float
     generation: int
+    #: True when nothing changed since the stored snapshot, so none was written.
+    unchanged: bool = False
 
 
 def storage_alias() -> str:
@@ -127,12 +129,16 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
                 f"({table_state.restore_error}); restore it or discard it first, or spool "
                 f"with force to overwrite it"
             )
-        signals.pre_spool.send(sender=model, label=label)
         started = time.perf_counter()
+        chain = codecs.chain_for(model)
+        if not force:
+            unchanged = _unchanged(model, state, chain)
+            if unchanged is not None:
+                return unchanged
+        signals.pre_spool.send(sender=model, label=label)
         try:
             with store.raw_connection(state.name) as conn:
                 seq, rows, image = read_image(conn, model._meta.db_table)
-                chain = codecs.chain_for(model)
                 data = codecs.encode(chain, image, label=label)
                 generation = write_snapshot(
                     model,
@@ -158,6 +164,38 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
         )
     signals.post_spool.send(sender=model, label=label, result=result)
     return result
+
+
+def _unchanged(
+    model: ModelType, state: store.StoreState, chain: tuple[str, ...]
+) -> SpoolResult | None:
+    """The stored snapshot's figures if it already holds this table as it is now.
+
+    Rewriting an identical snapshot would cost a whole table's write and bump the
+    generation under the feet of another process that shares the storage (a management
+    command run beside a server restores the snapshot, then would write it back).
+    """
+    table_state = state.table(model._meta.label)
+    if not table_state.generation:
+        return None
+    with store.raw_connection(state.name) as conn:
+        if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
+            return None
+    stored = stored_snapshots(model).values("generation", "row_count", "size", "codecs").first()
+    if (
+        stored is None
+        or stored["generation"] != table_state.generation
+        or list(stored["codecs"] or []) != list(chain)
+    ):
+        return None
+    return SpoolResult(
+        label=model._meta.label,
+        rows=stored["row_count"],
+        bytes=stored["size"],
+        milliseconds=0.0,
+        generation=stored["generation"],
+        unchanged=True,
+    )
 
 
 def write_snapshot(

@@ -72,12 +72,17 @@ def test_generation_increments_and_one_row_per_table_is_kept() -> None:
     Legacy.objects.create(text="x")
     generations = [r.generation for r in api.spool("testapp.Score", "testapp.Legacy")]
     first = stored(Score)
+    unchanged = []
     for points in range(3):
         Score.objects.update(points=points)
-        generations += [r.generation for r in api.spool("testapp.Score", "testapp.Legacy")]
-    assert generations == [1, 1, 2, 2, 3, 3, 4, 4]
+        results = api.spool("testapp.Score", "testapp.Legacy")
+        generations += [r.generation for r in results]
+        unchanged += [r.unchanged for r in results]
+    # Legacy did not change, so its snapshot is not rewritten.
+    assert generations == [1, 1, 2, 1, 3, 1, 4, 1]
+    assert unchanged == [False, True] * 3
     rows = PersistentStorage.objects.values_list("app_label", "model_name", "generation")
-    assert sorted(rows) == [("testapp", "Legacy", 4), ("testapp", "Score", 4)]
+    assert sorted(rows) == [("testapp", "Legacy", 1), ("testapp", "Score", 4)]
     latest = stored(Score)
     assert latest.created_at == first.created_at
     assert latest.updated_at > first.updated_at
@@ -257,6 +262,8 @@ def test_corrupt_snapshot_is_reported_left_alone_and_protected() -> None:
     api.restore("testapp.Score")
     assert info("testapp.Score").restore_state == "ok"
     assert scores() == [("a", 1)]
+    assert api.spool("testapp.Score")[0].unchanged
+    Score.objects.create(player="b", points=2)
     assert api.spool("testapp.Score")[0].generation == 2
 
 
@@ -366,6 +373,7 @@ def test_conflict_when_another_process_wrote_the_snapshot() -> None:
     assert stored(Score).row_count == 2
     assert PersistentStorage.objects.count() == 1
     # Having written generation 6, this process owns the table again.
+    Score.objects.create(player="after")
     assert api.spool("testapp.Score")[0].generation == 7
 
 
@@ -376,7 +384,30 @@ def test_restore_takes_the_other_process_snapshot_and_resolves_the_conflict() ->
     with pytest.raises(ConflictError):
         api.spool("testapp.Score")
     api.restore("testapp.Score")
+    assert api.spool("testapp.Score")[0].generation == 9, "restored and unchanged"
+    Score.objects.create(player="b")
     assert api.spool("testapp.Score")[0].generation == 10
+
+
+def test_an_unchanged_table_is_not_rewritten_unless_forced_or_recoded(
+    memdb_override: Override,
+) -> None:
+    """Regression: a memdb_spool command run beside a server restored the snapshot and
+    wrote it back as a new generation, so the server's next spool met a conflict."""
+    Score.objects.create(player="a")
+    (first,) = api.spool("testapp.Score")
+    written = stored(Score).updated_at
+
+    (again,) = api.spool("testapp.Score")
+    assert again.unchanged and again.generation == first.generation == 1
+    assert (again.rows, again.bytes) == (first.rows, first.bytes)
+    assert stored(Score).updated_at == written
+
+    assert api.spool("testapp.Score", force=True)[0].generation == 2
+    with memdb_override(CODECS="zlib"):
+        (recoded,) = api.spool("testapp.Score")
+    assert not recoded.unchanged and recoded.generation == 3
+    assert stored(Score).codecs == ["zlib"], "a single codec name is a chain of one"
 
 
 def test_a_snapshot_this_process_never_restored_is_not_overwritten() -> None:

@@ -129,6 +129,15 @@ def test_e008_unknown_codec_in_settings() -> None:
     assert "'no.such.module.Codec'" in messages[1].msg
 
 
+def test_e008_a_single_name_in_settings_is_one_codec() -> None:
+    """Regression: MEMDB['CODECS'] = "zlib" was split into the codecs 'z', 'l', 'i', 'b'."""
+    with memdb_settings(CODECS="zlib"):
+        assert memdb_checks.check_settings() == []
+    with memdb_settings(CODECS="zstd"):
+        (message,) = memdb_checks.check_settings()
+    assert message.id == "memdb.E008" and "'zstd'" in message.msg
+
+
 def test_e008_known_codecs_pass() -> None:
     with memdb_settings(CODECS=["zlib", "gzip", "bz2", "lzma"]):
         assert memdb_checks.check_settings() == []

@@ -28,6 +28,14 @@ def persistent_labels() -> list[str]:
     return [i.label for i in api.tables() if i.persistent]
 
 
+def test_spool_says_when_a_table_is_unchanged() -> None:
+    Score.objects.create(player="a")
+    run("memdb_spool", "testapp.Score")
+    out, _ = run("memdb_spool", "testapp.Score")
+    assert out == "[1/1] spooling testapp.Score ... unchanged since generation 1, not rewritten\n"
+    assert PersistentStorage.objects.get(model_name="Score").generation == 1
+
+
 def test_spool_with_labels_shows_progress() -> None:
     Score.objects.bulk_create([Score(player=f"p{i}") for i in range(3)])
     Legacy.objects.create(text="t")

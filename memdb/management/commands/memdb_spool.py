@@ -33,6 +33,9 @@ class Command(LabelCommand):
                 self.stderr.write(str(exc))
                 failed.append(label)
                 continue
+            if result.unchanged:
+                self.stdout.write(f" unchanged since generation {result.generation}, not rewritten")
+                continue
             self.stdout.write(
                 f" {result.rows} rows, {human_bytes(result.bytes)}, "
                 f"generation {result.generation}, {result.milliseconds:.0f} ms"
