@@ -99,22 +99,21 @@ def as_chain(names: str | Iterable[str] | None) -> tuple[str, ...]:
 
 
 def encode(chain: Iterable[str], data: bytes, *, label: str) -> bytes:
-    for name in chain:
-        try:
-            data = get_codec(name).encode(data)
-        except CodecError as exc:
-            raise CodecError(f"{label}: {exc}") from exc
-        except Exception as exc:
-            raise CodecError(f"{label}: codec {name!r} failed to encode: {exc}") from exc
-    return data
+    """Run ``data`` through ``chain`` in order; errors name ``label`` and the codec."""
+    return _apply(list(chain), data, label, "encode")
 
 
 def decode(chain: Iterable[str], data: bytes, *, label: str) -> bytes:
-    for name in reversed(list(chain)):
+    """Undo ``chain`` (as recorded on a snapshot), last codec first."""
+    return _apply(list(chain)[::-1], data, label, "decode")
+
+
+def _apply(names: list[str], data: bytes, label: str, action: str) -> bytes:
+    for name in names:
         try:
-            data = get_codec(name).decode(data)
+            data = getattr(get_codec(name), action)(data)
         except CodecError as exc:
             raise CodecError(f"{label}: {exc}") from exc
         except Exception as exc:
-            raise CodecError(f"{label}: codec {name!r} failed to decode: {exc}") from exc
+            raise CodecError(f"{label}: codec {name!r} failed to {action}: {exc}") from exc
     return data
