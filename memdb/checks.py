@@ -18,6 +18,9 @@ E005 = "memdb.E005"  # relation between a memory model and a default-database mo
 E006 = "memdb.E006"  # MEMDB["POLICY"] or a model's memdb_policy is not a policy
 E007 = "memdb.E007"  # MEMDB["INTERVAL"] or MEMDB["LOCK_TIMEOUT"] is not a positive number
 E008 = "memdb.E008"  # unknown codec in MEMDB["CODECS"] or a model's memdb_codecs
+E009 = "memdb.E009"  # the fernet codec is used but MEMDB["FERNET_KEYS"] is empty
+E010 = "memdb.E010"  # MEMDB["FERNET_KEYS"] holds an invalid key
+E011 = "memdb.E011"  # the fernet codec is used but cryptography is not installed
 W001 = "memdb.W001"  # unknown key in MEMDB
 W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
 
@@ -105,6 +108,52 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
             )
         )
     errors.extend(_codec_errors("MEMDB['CODECS']", memdb_settings.CODECS, None))
+    errors.extend(_fernet_errors())
+    return errors
+
+
+def _fernet_errors() -> list[checks.CheckMessage]:
+    from .codecs import configured_names
+
+    keys = memdb_settings.FERNET_KEYS
+    used = "fernet" in configured_names()
+    if not used and not keys:
+        return []
+    try:
+        from cryptography.fernet import Fernet
+    except ImportError:
+        if not used:
+            return []
+        return [
+            checks.Error(
+                "The 'fernet' codec is configured but the cryptography package is not installed.",
+                hint="pip install 'django-memdb[crypto]'.",
+                id=E011,
+            )
+        ]
+    errors: list[checks.CheckMessage] = []
+    if used and not keys:
+        errors.append(
+            checks.Error(
+                "The 'fernet' codec is configured but MEMDB['FERNET_KEYS'] is empty: no "
+                "snapshot could be encrypted or decrypted.",
+                hint="Set MEMDB['FERNET_KEYS'] = [key], newest first; make a key with "
+                "cryptography.fernet.Fernet.generate_key().",
+                id=E009,
+            )
+        )
+    for number, key in enumerate(keys):
+        try:
+            Fernet(key)
+        except (ValueError, TypeError) as exc:
+            errors.append(
+                checks.Error(
+                    f"MEMDB['FERNET_KEYS'][{number}] is not a valid Fernet key ({exc}).",
+                    hint="A key is 32 url-safe base64-encoded bytes, as made by "
+                    "cryptography.fernet.Fernet.generate_key(); the value itself is not shown.",
+                    id=E010,
+                )
+            )
     return errors
 
 

@@ -34,6 +34,9 @@ DEFAULTS: dict[str, Any] = {
     # Codec names or import paths applied in order to every snapshot's bytes
     # (a model's ``memdb_codecs`` overrides). Built-ins: zlib, gzip, bz2, lzma.
     "CODECS": (),
+    # Keys of the "fernet" codec, newest first: spools encrypt with the first one,
+    # restores decrypt with any of them (see "Key rotation" in the README).
+    "FERNET_KEYS": (),
 }
 
 
@@ -46,7 +49,14 @@ class MemDBSettings:
     FLUSH_ON_EXIT: bool
     LOCK_TIMEOUT: float
     CODECS: tuple[str, ...]
+    FERNET_KEYS: tuple[str | bytes, ...]
     unknown_keys: tuple[str, ...] = ()
+
+
+def _keys(value: Any) -> tuple[str | bytes, ...]:
+    """One key or a list of them; empty entries (an unset environment variable) dropped."""
+    keys = (value,) if isinstance(value, (str, bytes)) else tuple(value or ())
+    return tuple(key for key in keys if key)
 
 
 def _load() -> MemDBSettings:
@@ -61,6 +71,7 @@ def _load() -> MemDBSettings:
         FLUSH_ON_EXIT=bool(values["FLUSH_ON_EXIT"]),
         LOCK_TIMEOUT=values["LOCK_TIMEOUT"],
         CODECS=as_chain(values["CODECS"]),
+        FERNET_KEYS=_keys(values["FERNET_KEYS"]),
         unknown_keys=unknown,
     )
 

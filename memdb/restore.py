@@ -21,7 +21,7 @@ from typing import Any
 
 from django.db import DatabaseError, connections
 
-from . import codecs, signals, store
+from . import codecs, compat, signals, store
 from .conf import memdb_settings
 from .exceptions import MemdbError, RestoreError
 from .registry import ModelType, persistent_models
@@ -32,6 +32,8 @@ from .spooler import (
     refuse_inside_transaction,
     stored_snapshots,
 )
+
+FORMATS = (SNAPSHOT_FORMAT, compat.FORMAT)
 
 
 class SchemaDriftWarning(UserWarning):
@@ -154,7 +156,7 @@ def _prepare(model: ModelType) -> _Job:
 
 def _verified_image(model: ModelType, snapshot: Any) -> bytes:
     label = model._meta.label
-    if snapshot.format != SNAPSHOT_FORMAT or snapshot.format_version > FORMAT_VERSION:
+    if snapshot.format not in FORMATS or snapshot.format_version > FORMAT_VERSION:
         raise RestoreError(
             f"{label}: snapshot format {snapshot.format!r} version {snapshot.format_version} "
             f"is not supported by this version of django-memdb"
@@ -165,7 +167,14 @@ def _verified_image(model: ModelType, snapshot: Any) -> bytes:
             f"{label}: checksum mismatch, the stored snapshot (generation "
             f"{snapshot.generation}) is corrupt"
         )
-    return codecs.decode(snapshot.codecs or [], data, label=label)
+    chain = list(snapshot.codecs or [])
+    processors = [name for name in chain if name.startswith(codecs.PROCESSOR_PREFIX)]
+    payload = codecs.decode(chain[len(processors) :], data, label=label)
+    if snapshot.format == compat.FORMAT:
+        return compat.decode(model, payload, processors)
+    if processors:
+        raise RestoreError(f"{label}: processors recorded on a {snapshot.format!r} snapshot")
+    return payload
 
 
 def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:

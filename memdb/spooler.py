@@ -21,7 +21,7 @@ from typing import Any
 from django.db import IntegrityError, connections, router, transaction
 from django.utils import timezone
 
-from . import codecs, signals, store
+from . import codecs, compat, signals, store
 from .conf import memdb_settings
 from .exceptions import ConflictError, MemdbError, SpoolError
 from .models import PersistentStorage
@@ -131,20 +131,26 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             )
         started = time.perf_counter()
         chain = codecs.chain_for(model)
-        if not force:
+        if not force and not compat.hooks_connected() and not codecs.is_keyed(chain):
             unchanged = _unchanged(model, state, chain)
             if unchanged is not None:
                 return unchanged
         signals.pre_spool.send(sender=model, label=label)
         try:
             with store.raw_connection(state.name) as conn:
-                seq, rows, image = read_image(conn, model._meta.db_table)
-                data = codecs.encode(chain, image, label=label)
+                if compat.hooks_connected():
+                    seq, rows, payload, processors = compat.encode(model, conn)
+                    fmt = compat.FORMAT
+                else:
+                    seq, rows, payload = read_image(conn, model._meta.db_table)
+                    processors, fmt = [], SNAPSHOT_FORMAT
+                data = codecs.encode(chain, payload, label=label)
                 generation = write_snapshot(
                     model,
                     data=data,
                     rows=rows,
-                    chain=chain,
+                    chain=(*processors, *chain),
+                    fmt=fmt,
                     expected=table_state.generation,
                     force=force,
                 )
@@ -204,6 +210,7 @@ def write_snapshot(
     data: bytes,
     rows: int,
     chain: tuple[str, ...],
+    fmt: str,
     expected: int | None,
     force: bool,
 ) -> int:
@@ -240,7 +247,7 @@ def write_snapshot(
                 app_label=model._meta.app_label,
                 model_name=model_name_of(model),
                 kind=PersistentStorage.KIND_SNAPSHOT,
-                format=SNAPSHOT_FORMAT,
+                format=fmt,
                 format_version=FORMAT_VERSION,
                 codecs=list(chain),
                 row_count=rows,
