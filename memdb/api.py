@@ -9,7 +9,7 @@ from dataclasses import dataclass
 from datetime import datetime
 
 from . import store
-from .exceptions import RestoreError
+from .exceptions import MemdbError, RestoreError
 from .registry import is_persistent, label_of, memory_models, model_name_of, policy_of, resolve
 from .restore import RestoreResult, restore_models
 from .spooler import SpoolResult, flush, spool_model, stored_snapshots
@@ -56,9 +56,24 @@ def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
     A table unchanged since its stored snapshot (same data, same codec chain) is not
     rewritten: its result says ``unchanged``. ``force`` always writes, overwriting a
     snapshot another process wrote or one that failed to restore.
-    Raises ``UnknownTableError``, ``NotPersistentError``, ``ConflictError`` or ``SpoolError``.
+    Unknown or memory-only labels raise ``UnknownTableError`` / ``NotPersistentError``
+    before anything is written. Otherwise every table is tried, and failures are raised
+    together afterwards as the first failure's type (``ConflictError``,
+    ``ProtectedTableError``, ``SpoolError``, ``CodecError``) with ``results`` and
+    ``errors`` saying which tables were spooled and which were not.
     """
-    return [spool_model(model, force=force) for model in resolve(labels, persistent_only=True)]
+    results: list[SpoolResult] = []
+    errors: dict[str, MemdbError] = {}
+    for model in resolve(labels, persistent_only=True):
+        try:
+            results.append(spool_model(model, force=force))
+        except MemdbError as exc:
+            errors[label_of(model)] = exc
+    if errors:
+        first = next(iter(errors.values()))
+        message = "; ".join(str(e) for e in errors.values())
+        raise type(first)(message, results=results, errors=errors) from first
+    return results
 
 
 def restore(*labels: str) -> list[RestoreResult]:

@@ -7,7 +7,22 @@ from typing import Any
 
 
 class MemdbError(Exception):
-    """Base class of every error django-memdb raises on purpose."""
+    """Base class of every error django-memdb raises on purpose.
+
+    An operation over several tables tries them all and then raises one error:
+    ``results`` holds what succeeded, ``errors`` maps each failed label to its error.
+    """
+
+    def __init__(
+        self,
+        message: str,
+        *,
+        results: Sequence[Any] = (),
+        errors: Mapping[str, MemdbError] | None = None,
+    ) -> None:
+        super().__init__(message)
+        self.results = list(results)
+        self.errors = dict(errors or {})
 
 
 class UnknownTableError(MemdbError, LookupError):
@@ -22,23 +37,12 @@ class SpoolError(MemdbError):
     """A table could not be written to ``PersistentStorage``; the previous snapshot is intact."""
 
 
+class ProtectedTableError(SpoolError):
+    """The table's stored snapshot failed to restore, so spools of it are refused."""
+
+
 class RestoreError(MemdbError):
-    """A snapshot could not be loaded; it is left untouched in storage.
-
-    Raised by ``memdb.api.restore`` after every table was tried: ``results`` holds what
-    was restored, ``errors`` maps each failed label to its own error.
-    """
-
-    def __init__(
-        self,
-        message: str,
-        *,
-        results: Sequence[Any] = (),
-        errors: Mapping[str, RestoreError] | None = None,
-    ) -> None:
-        super().__init__(message)
-        self.results = list(results)
-        self.errors = dict(errors or {})
+    """A snapshot could not be loaded; it is left untouched in storage."""
 
 
 class CodecError(MemdbError):

@@ -23,7 +23,7 @@ from django.utils import timezone
 
 from . import codecs, compat, signals, store
 from .conf import memdb_settings
-from .exceptions import ConflictError, MemdbError, SpoolError
+from .exceptions import ConflictError, MemdbError, ProtectedTableError, SpoolError
 from .models import PersistentStorage
 from .registry import ModelType, model_name_of, persistent_models, policy_of
 
@@ -124,7 +124,7 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
     table_state = state.table(label)
     with table_state.lock:
         if table_state.restore_error and not force:
-            raise SpoolError(
+            raise ProtectedTableError(
                 f"{label} is not spooled: its stored snapshot failed to restore "
                 f"({table_state.restore_error}); restore it or discard it first, or spool "
                 f"with force to overwrite it"

@@ -24,7 +24,7 @@ class Command(LabelCommand):
             return
         self.stdout.write(f"restoring {len(chosen)} table(s) together ...")
         self.stdout.flush()
-        errors: dict[str, RestoreError] = {}
+        errors: dict[str, MemdbError] = {}
         try:
             results = api.restore(*chosen)
         except RestoreError as exc:
