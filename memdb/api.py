@@ -23,6 +23,8 @@ __all__ = [
     "discard",
     "flush",
     "tables",
+    "storage",
+    "StoredSnapshot",
 ]
 
 
@@ -166,3 +168,58 @@ def tables(*labels: str) -> list[TableInfo]:
             )
         )
     return infos
+
+
+@dataclass(frozen=True)
+class StoredSnapshot:
+    """What ``storage()`` reports of one ``PersistentStorage`` row (never its data)."""
+
+    label: str
+    kind: str
+    format: str
+    rows: int
+    bytes: int
+    codecs: tuple[str, ...]
+    generation: int
+    written_by: str
+    created: datetime
+    updated: datetime
+
+
+def storage() -> list[StoredSnapshot]:
+    """Every stored snapshot, by table, without reading the snapshot data."""
+    from .models import PersistentStorage
+    from .spooler import storage_alias
+
+    rows = (
+        PersistentStorage.objects.using(storage_alias())
+        .order_by("app_label", "model_name", "kind", "generation")
+        .values(
+            "app_label",
+            "model_name",
+            "kind",
+            "format",
+            "row_count",
+            "size",
+            "codecs",
+            "generation",
+            "written_by",
+            "created_at",
+            "updated_at",
+        )
+    )
+    return [
+        StoredSnapshot(
+            label=f"{row['app_label']}.{row['model_name']}",
+            kind=row["kind"],
+            format=row["format"],
+            rows=row["row_count"],
+            bytes=row["size"],
+            codecs=tuple(row["codecs"] or ()),
+            generation=row["generation"],
+            written_by=row["written_by"],
+            created=row["created_at"],
+            updated=row["updated_at"],
+        )
+        for row in rows
+    ]

@@ -37,6 +37,11 @@ DEFAULTS: dict[str, Any] = {
     # Keys of the "fernet" codec, newest first: spools encrypt with the first one,
     # restores decrypt with any of them (see "Key rotation" in the README).
     "FERNET_KEYS": (),
+    # Import paths of the DRF permission classes guarding the memdb_api endpoints.
+    "API_PERMISSION_CLASSES": ("rest_framework.permissions.IsAdminUser",),
+    # DRF throttle scope of POST /memdb/spool and /memdb/restore; set its rate in
+    # REST_FRAMEWORK["DEFAULT_THROTTLE_RATES"] (no rate there: not throttled).
+    "API_THROTTLE_SCOPE": "memdb",
 }
 
 
@@ -50,6 +55,8 @@ class MemDBSettings:
     LOCK_TIMEOUT: float
     CODECS: tuple[str, ...]
     FERNET_KEYS: tuple[str | bytes, ...]
+    API_PERMISSION_CLASSES: tuple[str, ...]
+    API_THROTTLE_SCOPE: str
     unknown_keys: tuple[str, ...] = ()
 
 
@@ -72,6 +79,8 @@ def _load() -> MemDBSettings:
         LOCK_TIMEOUT=values["LOCK_TIMEOUT"],
         CODECS=as_chain(values["CODECS"]),
         FERNET_KEYS=_keys(values["FERNET_KEYS"]),
+        API_PERMISSION_CLASSES=as_chain(values["API_PERMISSION_CLASSES"]),
+        API_THROTTLE_SCOPE=values["API_THROTTLE_SCOPE"],
         unknown_keys=unknown,
     )
 

@@ -15,6 +15,10 @@ INSTALLED_APPS = [
     "django.contrib.sessions",
     "django.contrib.messages",
     "django.contrib.staticfiles",
+    "rest_framework",
+    "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "shop",
 ]
 
@@ -68,6 +72,28 @@ LOGGING = {
     "disable_existing_loggers": False,
     "handlers": {"console": {"class": "logging.StreamHandler"}},
     "loggers": {"memdb": {"handlers": ["console"], "level": "INFO"}},
+}
+
+# The REST control surface at /memdb/ (memdb_api): staff only. Deploy scripts use a
+# token (manage.py drf_create_token <user>) or basic auth; browsers their session.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+    # POST /memdb/spool and /memdb/restore share this scope (MEMDB["API_THROTTLE_SCOPE"]).
+    "DEFAULT_THROTTLE_RATES": {"memdb": "120/minute"},
+}
+SPECTACULAR_SETTINGS = {
+    "TITLE": "django-memdb control API",
+    "DESCRIPTION": "See and drive the in-memory tables of a django-memdb project.",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
+    "REDOC_DIST": "SIDECAR",
 }
 
 # Persistent memory tables are spooled by a background thread every INTERVAL seconds

@@ -1,0 +1,132 @@
+"""Request and response shapes of the memdb endpoints (documented in ``openapi.yaml``)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rest_framework import serializers
+
+POLICY_CHOICES = ["commit", "interval", "manual"]
+RESTORE_STATES = ["ok", "failed", "none"]
+
+
+class TableSerializer(serializers.Serializer):
+    label = serializers.CharField(
+        help_text="`app_label.ModelName`: how the other endpoints name it."
+    )
+    app_label = serializers.CharField()
+    model = serializers.CharField(source="model_name")
+    persistent = serializers.BooleanField(help_text="Spooled to PersistentStorage.")
+    policy = serializers.ChoiceField(
+        choices=POLICY_CHOICES, allow_null=True, help_text="Null for memory-only tables."
+    )
+    rows = serializers.IntegerField(help_text="Rows in memory now.")
+    dirty = serializers.BooleanField(help_text="Changed since its last snapshot.")
+    last_spooled = serializers.DateTimeField(allow_null=True)
+    snapshot_bytes = serializers.IntegerField(allow_null=True)
+    snapshot_rows = serializers.IntegerField(allow_null=True)
+    generation = serializers.IntegerField(allow_null=True)
+    codecs = serializers.ListField(child=serializers.CharField())
+    restore_state = serializers.ChoiceField(
+        choices=RESTORE_STATES,
+        help_text="ok: restored in this process; failed: see restore_error; none: nothing restored.",
+    )
+    restore_error = serializers.CharField(allow_null=True)
+
+
+class TablesRequestSerializer(serializers.Serializer):
+    tables = serializers.ListField(
+        child=serializers.CharField(max_length=200),
+        required=False,
+        max_length=1000,
+        help_text="Labels (`app_label.ModelName`); omitted or empty: every persistent table.",
+    )
+
+    def validate(self, attrs: dict[str, Any]) -> dict[str, Any]:
+        unknown = (
+            set(self.initial_data) - set(self.fields)
+            if isinstance(self.initial_data, dict)
+            else set()
+        )
+        if unknown:
+            raise serializers.ValidationError(
+                {name: ["Unknown field."] for name in sorted(unknown)}
+            )
+        return attrs
+
+
+class SpoolRequestSerializer(TablesRequestSerializer):
+    force = serializers.BooleanField(
+        required=False,
+        default=False,
+        help_text="Overwrite a snapshot another process wrote or one that failed to restore.",
+    )
+
+
+class SpoolResultSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    rows = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    milliseconds = serializers.FloatField()
+    generation = serializers.IntegerField()
+    unchanged = serializers.BooleanField(
+        help_text="Nothing changed since the stored snapshot, so none was written."
+    )
+
+
+class RestoreResultSerializer(serializers.Serializer):
+    label = serializers.CharField()
+    rows = serializers.IntegerField()
+    milliseconds = serializers.FloatField()
+    generation = serializers.IntegerField()
+
+
+class SpoolResponseSerializer(serializers.Serializer):
+    results = SpoolResultSerializer(many=True)
+
+
+class RestoreResponseSerializer(serializers.Serializer):
+    results = RestoreResultSerializer(many=True)
+
+
+class SnapshotSerializer(serializers.Serializer):
+    table = serializers.CharField(source="label")
+    kind = serializers.CharField()
+    format = serializers.CharField()
+    rows = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+    codecs = serializers.ListField(child=serializers.CharField())
+    generation = serializers.IntegerField()
+    written_by = serializers.CharField()
+    updated = serializers.DateTimeField()
+
+
+class StorageTotalsSerializer(serializers.Serializer):
+    snapshots = serializers.IntegerField()
+    rows = serializers.IntegerField()
+    bytes = serializers.IntegerField()
+
+
+class StorageSerializer(serializers.Serializer):
+    snapshots = SnapshotSerializer(many=True)
+    totals = StorageTotalsSerializer()
+
+
+class ErrorSerializer(serializers.Serializer):
+    detail = serializers.CharField(help_text="What went wrong, naming the table.")
+    code = serializers.CharField(help_text="A stable machine-readable code.")
+    errors = serializers.DictField(
+        child=serializers.CharField(),
+        required=False,
+        help_text="Per table, when an operation over several tables partly failed.",
+    )
+    results = serializers.ListField(
+        child=serializers.DictField(),
+        required=False,
+        help_text="What succeeded before the failure was reported.",
+    )
+    fields = serializers.DictField(
+        child=serializers.ListField(child=serializers.CharField()),
+        required=False,
+        help_text="Per request field, what is wrong with it (code `invalid`).",
+    )
