@@ -1,7 +1,9 @@
 """Settings for the test suite. The default database comes from the environment:
 
 MEMDB_TEST_DB=sqlite (default) | postgresql | mysql; PostgreSQL and MariaDB are reached
-on 127.0.0.1 (MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD/NAME override).
+on 127.0.0.1 (MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD/NAME override). The restart tests
+set MEMDB_TEST_POLICY, _INTERVAL, _FLUSH_ON_EXIT, _CODECS and _FERNET_KEYS for their
+child processes.
 """
 
 import os
@@ -16,8 +18,28 @@ DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 INSTALLED_APPS = [
     "django.contrib.contenttypes",
     "django.contrib.auth",
+    "django.contrib.sessions",
+    "rest_framework",
+    "rest_framework.authtoken",
     "tests.testapp",
 ]
+# Sessions and authentication for the REST tests (tests/test_rest_api.py).
+MIDDLEWARE = [
+    "django.contrib.sessions.middleware.SessionMiddleware",
+    "django.middleware.common.CommonMiddleware",
+    "django.middleware.csrf.CsrfViewMiddleware",
+    "django.contrib.auth.middleware.AuthenticationMiddleware",
+]
+ROOT_URLCONF = "tests.urls"
+# As the example project: sessions (CSRF enforced on POST), tokens and basic auth. No
+# throttle rate: tests that throttle set DEFAULT_THROTTLE_RATES themselves.
+REST_FRAMEWORK = {
+    "DEFAULT_AUTHENTICATION_CLASSES": [
+        "rest_framework.authentication.SessionAuthentication",
+        "rest_framework.authentication.TokenAuthentication",
+        "rest_framework.authentication.BasicAuthentication",
+    ],
+}
 
 _kind = os.environ.get("MEMDB_TEST_DB", "sqlite")
 _env = os.environ.get
@@ -76,5 +98,10 @@ MEMDB = {
     "FLUSH_ON_EXIT": os.environ.get("MEMDB_TEST_FLUSH_ON_EXIT", "0") == "1",
     "LOCK_TIMEOUT": 20.0,
 }
+# Comma-separated; only set when given, so the defaults stay those of memdb.
+if _env("MEMDB_TEST_CODECS"):
+    MEMDB["CODECS"] = _env("MEMDB_TEST_CODECS", "").split(",")
+if _env("MEMDB_TEST_FERNET_KEYS"):
+    MEMDB["FERNET_KEYS"] = _env("MEMDB_TEST_FERNET_KEYS", "").split(",")
 
 memdb.configure(globals())
