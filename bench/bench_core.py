@@ -16,7 +16,6 @@ from __future__ import annotations
 import argparse
 import gc
 import os
-import platform
 import shutil
 import sqlite3
 import statistics
@@ -26,10 +25,10 @@ import threading
 import time
 
 HERE = os.path.dirname(os.path.abspath(__file__))
-ROOT = os.path.dirname(HERE)
-sys.path.insert(0, HERE)  # the bench app: ``benchapp``
-if ROOT not in sys.path:
-    sys.path.insert(1, ROOT)  # ``memdb`` when it is not installed
+sys.path.insert(0, HERE)  # the bench app (``benchapp``) and ``_setup``
+
+import _setup  # noqa: E402
+from _setup import load_line, machine_line, memory_name  # noqa: E402
 
 TARGET = 1.2  # the target for persistent / memory-only create() time
 BLOCK = 100  # creates per block; the two models alternate block by block
@@ -41,53 +40,14 @@ PERSIST = "benchapp.Persist3"
 
 
 def configure_django(db_dir: str) -> None:
-    import django
-    from django.conf import settings
-
-    import memdb
-
-    conf: dict = {
-        "DEBUG": False,
-        "USE_TZ": True,
-        "SECRET_KEY": "bench",
-        "INSTALLED_APPS": ["benchapp.apps.BenchAppConfig"],
-        "DATABASES": {
-            "default": {
-                "ENGINE": "django.db.backends.sqlite3",
-                "NAME": os.path.join(db_dir, "default.sqlite3"),
-            },
+    _setup.configure_django(
+        db_dir,
+        databases={
             # Django's stock SQLite backend on a private memory database: the ORM's own
             # bulk_create speed without memdb's backend (triggers, lock retries).
             "stock": {"ENGINE": "django.db.backends.sqlite3", "NAME": ":memory:"},
         },
-        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
-        "LOGGING_CONFIG": None,
-    }
-    memdb.configure(conf)
-    settings.configure(**conf)
-    django.setup()
-
-    from django.core.management import call_command
-
-    call_command("migrate", database="default", verbosity=0)
-
-
-def machine_line() -> str:
-    import django
-
-    return (
-        f"python {platform.python_version()} | Django {django.get_version()} | "
-        f"sqlite {sqlite3.sqlite_version} | cpus {os.cpu_count()} | "
-        f"{platform.machine()} {platform.system()} {platform.release()}"
     )
-
-
-def load_line() -> str:
-    try:
-        one, five, fifteen = os.getloadavg()
-    except OSError:  # pragma: no cover - not on every platform
-        return "load average: unknown"
-    return f"load average (1/5/15 min): {one:.2f} {five:.2f} {fifteen:.2f}"
 
 
 class SpoolLog:
@@ -122,14 +82,6 @@ class SpoolLog:
                 for s, e, thread, _, ms in self.events
                 if s <= end and e >= start and thread == "memdb-interval-spooler"
             ]
-
-
-def memory_name() -> str:
-    from django.db import connections
-
-    from memdb.conf import memdb_settings
-
-    return connections[memdb_settings.ALIAS].settings_dict["NAME"]
 
 
 def raw() -> sqlite3.Connection:
