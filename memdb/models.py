@@ -54,3 +54,16 @@ class PersistentStorage(models.Model):
     @property
     def label(self) -> str:
         return f"{self.app_label}.{self.model_name}"
+
+
+class MemoryTable(models.Model):
+    """No table: the admin's "Memory tables" page hangs off this model.
+
+    Its permissions gate that page: *view* to see it, *change* to spool or restore from it.
+    """
+
+    class Meta:
+        managed = False
+        default_permissions = ("view", "change")
+        verbose_name = "memory table"
+        verbose_name_plural = "memory tables"

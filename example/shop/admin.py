@@ -1,10 +1,14 @@
 from django.contrib import admin
 
+from memdb.admin import MemDBModelAdmin
+
 from .models import Hit, Score
 
 
 @admin.register(Score)
-class ScoreAdmin(admin.ModelAdmin):
+class ScoreAdmin(MemDBModelAdmin):
+    """Adds the actions "Spool now" and "Restore from storage" to the score list."""
+
     list_display = ["player", "points"]
 
 
