@@ -5,6 +5,8 @@ from shop import views
 
 urlpatterns = [
     path("", views.home, name="home"),
+    path("countries/", views.countries, name="countries"),
+    path("countries/<str:code>/visit", views.visit, name="visit"),
     path("admin/", admin.site.urls),
     path("memdb/", include("memdb_api.urls")),
     path("api/schema/", SpectacularAPIView.as_view(), name="schema"),

@@ -2,7 +2,7 @@ from django.contrib import admin
 
 from memdb.admin import MemDBModelAdmin
 
-from .models import Hit, Score
+from .models import Country, Hit, Score
 
 
 @admin.register(Score)
@@ -15,3 +15,9 @@ class ScoreAdmin(MemDBModelAdmin):
 @admin.register(Hit)
 class HitAdmin(admin.ModelAdmin):
     list_display = ["path", "created"]
+
+
+@admin.register(Country)
+class CountryAdmin(MemDBModelAdmin):
+    list_display = ["code", "name", "visits"]
+    search_fields = ["code", "name"]

@@ -1,3 +1,5 @@
+"""Three kinds of memory table, one of each policy a real site would use."""
+
 from django.db import models
 
 from memdb.mixins import InMemoryDB, PersistentInMemoryDB
@@ -14,7 +16,9 @@ class Hit(models.Model, InMemoryDB):
 
 
 class Score(models.Model, PersistentInMemoryDB):
-    """A player's score. Lives in memory and is spooled, so it survives a restart."""
+    """A leaderboard entry. Spooled when each write commits: none is lost in a crash."""
+
+    memdb_policy = "commit"
 
     player = models.CharField(max_length=50)
     points = models.IntegerField()
@@ -24,3 +28,21 @@ class Score(models.Model, PersistentInMemoryDB):
 
     def __str__(self) -> str:
         return f"{self.player}: {self.points}"
+
+
+class Country(models.Model, PersistentInMemoryDB):
+    """A lookup table, read far more than written: spooled every second, compressed."""
+
+    memdb_policy = "interval"
+    memdb_codecs = ["zlib"]
+
+    code = models.CharField(max_length=2, unique=True)
+    name = models.CharField(max_length=100)
+    visits = models.PositiveIntegerField(default=0)
+
+    class Meta:
+        ordering = ["name"]
+        verbose_name_plural = "countries"
+
+    def __str__(self) -> str:
+        return self.name
