@@ -7,6 +7,7 @@ from typing import Any
 from django.core.exceptions import ImproperlyConfigured
 from django.utils.module_loading import import_string
 from rest_framework.permissions import BasePermission
+from rest_framework.settings import api_settings
 from rest_framework.throttling import ScopedRateThrottle
 
 from memdb.conf import memdb_settings
@@ -26,7 +27,11 @@ def configured_permissions() -> list[BasePermission]:
 
 
 class MemdbThrottle(ScopedRateThrottle):
-    """DRF's scoped throttle on ``MEMDB["API_THROTTLE_SCOPE"]``; no rate set: no limit."""
+    """DRF's scoped throttle on ``MEMDB["API_THROTTLE_SCOPE"]``; no rate set: no limit.
+
+    The rate is read from DRF's settings at each request, not from ``THROTTLE_RATES``
+    (captured once at import), so a changed ``REST_FRAMEWORK`` setting takes effect.
+    """
 
     def get_rate(self) -> Any:
-        return self.THROTTLE_RATES.get(self.scope)
+        return api_settings.DEFAULT_THROTTLE_RATES.get(self.scope)
