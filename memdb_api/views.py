@@ -102,11 +102,21 @@ THROTTLED = {
 }
 
 
+class JSONBodyParser(JSONParser):
+    """DRF's JSON parser, but a body nested too deep to decode is a 400, not a 500."""
+
+    def parse(self, stream: Any, media_type: Any = None, parser_context: Any = None) -> Any:
+        try:
+            return super().parse(stream, media_type, parser_context)
+        except RecursionError as exc:
+            raise exceptions.ParseError("JSON parse error - nested too deeply") from exc
+
+
 class MemdbAPIView(APIView):
     """Permissions and throttle from ``MEMDB``; every error as ``{"detail", "code"}`` JSON."""
 
     throttle_classes = [MemdbThrottle]
-    parser_classes = [JSONParser]
+    parser_classes = [JSONBodyParser]
 
     @property
     def throttle_scope(self) -> str:
