@@ -132,9 +132,13 @@ def measure(name: str, chain: tuple[str, ...], n: int) -> dict:
         signals.store_save.connect(receiver)
         signals.store_load.connect(receiver)
     try:
+        # force: an unchanged table is otherwise not rewritten (its spool is a no-op).
+        # One spool first, not timed, so the timed one replaces a snapshot of the same
+        # chain, as it would in production, rather than the previous chain's (deleting a
+        # 10 MB django-json snapshot costs the next spool tens of milliseconds).
+        api.spool(PERSIST, force=True)
         gc.collect()
         t0 = time.perf_counter()
-        # force: an unchanged table is otherwise not rewritten (its spool is a no-op)
         (res,) = api.spool(PERSIST, force=True)
         spool_s = time.perf_counter() - t0
         assert not res.unchanged and res.rows == n, res
