@@ -185,7 +185,8 @@ class TableListView(MemdbAPIView):
         summary="List the memory tables",
         description="Every memory table with its row count, dirty state, snapshot and restore state.",
         responses={200: TableSerializer(many=True), **DENIED},
-        examples=[OpenApiExample("tables", value=[TABLE_EXAMPLE], response_only=True)],
+        # drf-spectacular lists the example itself, as the response is many=True.
+        examples=[OpenApiExample("tables", value=TABLE_EXAMPLE, response_only=True)],
         tags=["memdb"],
     )
     def get(self, request: Request) -> Response:
