@@ -12,6 +12,7 @@ one-table SQLite image, so loading them is the same bulk copy as for any snapsho
 
 from __future__ import annotations
 
+import datetime
 import json
 import sqlite3
 import warnings
@@ -20,6 +21,7 @@ from typing import Any
 
 from django.conf import settings
 from django.core import serializers
+from django.core.serializers.json import DjangoJSONEncoder
 from django.db import connections
 
 from . import signals, store
@@ -31,6 +33,17 @@ from .registry import ModelType, model_name_of
 FORMAT = "django-json"
 
 Processor = Callable[[dict[str, Any]], Any]
+
+
+class _Encoder(DjangoJSONEncoder):
+    """Django's JSON encoder, except that datetimes and times keep their microseconds
+    (it cuts them to milliseconds, so a restore would change the stored values)."""
+
+    def default(self, o: Any) -> Any:
+        if isinstance(o, datetime.datetime) or (isinstance(o, datetime.time) and not o.tzinfo):
+            text = o.isoformat()
+            return text.removesuffix("+00:00") + "Z" if text.endswith("+00:00") else text
+        return super().default(o)
 
 
 def hooks_connected() -> bool:
@@ -71,7 +84,7 @@ def encode(model: ModelType, conn: sqlite3.Connection) -> tuple[int, int, bytes,
     label = model._meta.label
     seq = store.read_seq(conn, model._meta.db_table)
     queryset = model._base_manager.using(memdb_settings.ALIAS).order_by("pk")
-    data = json.loads(serializers.serialize("json", queryset))
+    data = json.loads(json.dumps(serializers.serialize("python", queryset), cls=_Encoder))
     process = getattr(settings, "MEMDB_PROCESS_ENCODE", signals.MEMDB_PROCESS_ENCODE)
     arguments = _arguments(model, data, process)
     signals.store_save.send(object, kwargs=arguments)
