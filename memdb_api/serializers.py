@@ -4,10 +4,32 @@ from __future__ import annotations
 
 from typing import Any
 
+from django.core.validators import RegexValidator
+from drf_spectacular.extensions import OpenApiSerializerExtension
 from rest_framework import serializers
 
 POLICY_CHOICES = ["commit", "interval", "manual"]
 RESTORE_STATES = ["ok", "failed", "none"]
+
+
+class StrictCharField(serializers.CharField):
+    """A JSON string only: DRF's ``CharField`` would take the number 5 as ``"5"``."""
+
+    def to_internal_value(self, data: Any) -> str:
+        if not isinstance(data, str):
+            self.fail("invalid")
+        return str(super().to_internal_value(data))
+
+
+class StrictBooleanField(serializers.BooleanField):
+    """JSON ``true`` or ``false`` only: DRF's ``BooleanField`` would take 0, "yes", "off"."""
+
+    default_error_messages = {"invalid": "Must be true or false."}
+
+    def to_internal_value(self, data: Any) -> bool:
+        if not isinstance(data, bool):
+            self.fail("invalid")
+        return data
 
 
 class TableSerializer(serializers.Serializer):
@@ -36,7 +58,9 @@ class TableSerializer(serializers.Serializer):
 
 class TablesRequestSerializer(serializers.Serializer):
     tables = serializers.ListField(
-        child=serializers.CharField(max_length=200),
+        # Surrounding whitespace is trimmed; a blank label is a 400. The pattern says so in
+        # the schema (it cannot fail once blank labels are refused).
+        child=StrictCharField(max_length=200, validators=[RegexValidator(r"\S")]),
         required=False,
         max_length=1000,
         help_text="Labels (`app_label.ModelName`); omitted or empty: every persistent table.",
@@ -55,8 +79,23 @@ class TablesRequestSerializer(serializers.Serializer):
         return attrs
 
 
+class ClosedRequestSchema(OpenApiSerializerExtension):
+    """Document what ``validate`` enforces: a request body with an unknown key is a 400.
+
+    (A typo such as ``{"table": [...]}`` must not silently mean "every table".)
+    """
+
+    target_class = TablesRequestSerializer
+    match_subclasses = True
+
+    def map_serializer(self, auto_schema: Any, direction: Any) -> Any:
+        schema = auto_schema._map_serializer(self.target, direction, bypass_extensions=True)
+        schema["additionalProperties"] = False
+        return schema
+
+
 class SpoolRequestSerializer(TablesRequestSerializer):
-    force = serializers.BooleanField(
+    force = StrictBooleanField(
         required=False,
         default=False,
         help_text="Overwrite a snapshot another process wrote or one that failed to restore.",

@@ -61,6 +61,27 @@ TABLE_EXAMPLE = {
 }
 
 
+#: How many problems of an invalid body the ``detail`` message lists (``fields`` has all).
+MAX_PROBLEMS_SHOWN = 5
+
+
+def _messages(detail: Any) -> list[str]:
+    """DRF's error detail of one field, nested or not, as flat messages.
+
+    An item of a list field fails as ``{index: [messages]}``: its messages read
+    ``"item 3: Not a valid string."``.
+    """
+    if isinstance(detail, dict):
+        return [
+            f"{'item ' if isinstance(key, int) else ''}{key}: {message}"
+            for key, value in detail.items()
+            for message in _messages(value)
+        ]
+    if isinstance(detail, list):
+        return [message for value in detail for message in _messages(value)]
+    return [str(detail)]
+
+
 def _error(description: str, detail: str, code: str) -> OpenApiResponse:
     return OpenApiResponse(
         ErrorSerializer,
@@ -138,13 +159,14 @@ class MemdbAPIView(APIView):
         response = super().handle_exception(exc)
         if isinstance(exc, exceptions.APIException):
             if isinstance(exc, exceptions.ValidationError):
-                fields = exc.detail if isinstance(exc.detail, dict) else {"body": exc.detail}
+                by_field = exc.detail if isinstance(exc.detail, dict) else {"body": exc.detail}
+                fields = {str(name): _messages(msgs) for name, msgs in by_field.items()}
+                problems = [f"{name}: {msg}" for name, msgs in fields.items() for msg in msgs]
+                shown = "; ".join(problems[:MAX_PROBLEMS_SHOWN])
+                if len(problems) > MAX_PROBLEMS_SHOWN:
+                    shown += f"; and {len(problems) - MAX_PROBLEMS_SHOWN} more (see fields)"
                 response.data = {
-                    "detail": "The request body is not valid: "
-                    + "; ".join(
-                        f"{name}: {' '.join(map(str, msgs if isinstance(msgs, list) else [msgs]))}"
-                        for name, msgs in fields.items()
-                    ),
+                    "detail": f"The request body is not valid: {shown}",
                     "code": "invalid",
                     "fields": fields,
                 }
@@ -171,7 +193,9 @@ class MemdbAPIView(APIView):
     def tables_from(
         self, request: Request, serializer_class: type
     ) -> tuple[list[str], dict[str, Any]]:
-        data = request.data if request.data not in (None, "") else {}
+        # An empty body parses as {} (every table); any other JSON, null included, must be
+        # an object.
+        data = request.data
         if not isinstance(data, dict):
             raise exceptions.ValidationError({"body": ["Expected a JSON object."]})
         serializer = serializer_class(data=data)
