@@ -10,6 +10,8 @@ from rest_framework import serializers
 
 POLICY_CHOICES = ["commit", "interval", "manual"]
 RESTORE_STATES = ["ok", "failed", "none"]
+#: A table label in a request body: not blank, no NUL character.
+LABEL_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
 
 
 class StrictCharField(serializers.CharField):
@@ -58,9 +60,9 @@ class TableSerializer(serializers.Serializer):
 
 class TablesRequestSerializer(serializers.Serializer):
     tables = serializers.ListField(
-        # Surrounding whitespace is trimmed; a blank label is a 400. The pattern says so in
-        # the schema (it cannot fail once blank labels are refused).
-        child=StrictCharField(max_length=200, validators=[RegexValidator(r"\S")]),
+        # A blank label (whitespace is trimmed) or one with a NUL character is a 400; the
+        # pattern says so in the schema (it cannot fail once CharField has refused those).
+        child=StrictCharField(max_length=200, validators=[RegexValidator(LABEL_PATTERN)]),
         required=False,
         max_length=1000,
         help_text="Labels (`app_label.ModelName`); omitted or empty: every persistent table.",
