@@ -1,5 +1,12 @@
-"""Settings of the example project: SQLite files, no server, memdb wired in at the end."""
+"""Settings of the example project: SQLite files, no server, memdb wired in at the end.
 
+Two environment variables exist for test runs (tests/live/run_schemathesis.py) and are
+unset normally: ``MEMDB_EXAMPLE_DB``, the path of the default SQLite database instead of
+``example/db.sqlite3``, and ``MEMDB_EXAMPLE_THROTTLE``, the rate of the "memdb" throttle
+scope instead of ``120/minute``.
+"""
+
+import os
 from pathlib import Path
 
 BASE_DIR = Path(__file__).resolve().parent.parent
@@ -56,7 +63,7 @@ WSGI_APPLICATION = "example.wsgi.application"
 DATABASES = {
     "default": {
         "ENGINE": "django.db.backends.sqlite3",
-        "NAME": BASE_DIR / "db.sqlite3",
+        "NAME": os.environ.get("MEMDB_EXAMPLE_DB") or BASE_DIR / "db.sqlite3",
     }
 }
 
@@ -84,7 +91,7 @@ REST_FRAMEWORK = {
     ],
     "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
     # POST /memdb/spool and /memdb/restore share this scope (MEMDB["API_THROTTLE_SCOPE"]).
-    "DEFAULT_THROTTLE_RATES": {"memdb": "120/minute"},
+    "DEFAULT_THROTTLE_RATES": {"memdb": os.environ.get("MEMDB_EXAMPLE_THROTTLE") or "120/minute"},
 }
 SPECTACULAR_SETTINGS = {
     "TITLE": "django-memdb control API",
