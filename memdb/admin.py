@@ -135,6 +135,10 @@ class PersistentStorageAdmin(admin.ModelAdmin):
     def has_add_permission(self, request: HttpRequest) -> bool:
         return False
 
+    def has_change_permission(self, request: HttpRequest, obj: Any = None) -> bool:
+        """*change* allows the restore action; one snapshot's page is read-only, no Save."""
+        return obj is None and super().has_change_permission(request, obj)
+
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
         """Deleting goes through "Discard selected snapshots", which confirms first."""
         return obj is None and super().has_delete_permission(request, obj)
