@@ -26,10 +26,11 @@ INSTALLED_APPS = [
     "rest_framework.authtoken",
     "tests.testapp",
 ]
-# Sessions and authentication for the REST tests (tests/test_rest_api.py).
+# Sessions and authentication for the REST tests (tests/test_rest_api.py). No
+# CommonMiddleware: its Content-Length lets runserver keep connections alive, and
+# test_restart's SIGTERM then lands inside a request, where wsgiref swallows the exit.
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
-    "django.middleware.common.CommonMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
     "django.contrib.auth.middleware.AuthenticationMiddleware",
     "django.contrib.messages.middleware.MessageMiddleware",
