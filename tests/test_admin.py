@@ -20,6 +20,7 @@ from django.test import Client
 from django.utils import timezone
 
 from memdb import api
+from memdb.exceptions import MemdbError
 from memdb.models import PersistentStorage
 from memdb.registry import label_of, memory_models
 from tests.testapp.models import Hit, Legacy, Score
@@ -735,3 +736,50 @@ def test_the_app_index_links_to_memory_tables(admin: Client) -> None:
     assert f'href="{TABLES}add/"' not in html
     viewer = client_for(user("viewer", "memdb.view_memorytable"))
     assert "Memory tables" in viewer.get("/admin/").content.decode()
+
+
+def test_a_snapshot_of_a_model_that_is_gone_is_reported_not_discarded(admin: Client) -> None:
+    """A snapshot whose model was removed from the code: discard names it and keeps it
+    (``memdb.api.discard`` only knows current memory models)."""
+    now = timezone.now()
+    orphan = PersistentStorage.objects.create(
+        app_label="testapp",
+        model_name="Gone",
+        format="sqlite",
+        format_version=1,
+        row_count=0,
+        size=1,
+        checksum="0" * 64,
+        generation=1,
+        created_at=now,
+        updated_at=now,
+        data=b"x",
+    )
+
+    done = admin.post(
+        STORAGE,
+        {"action": "discard_selected", ACTION_CHECKBOX_NAME: [str(orphan.pk)], "post": "yes"},
+        follow=True,
+    )
+
+    ((level, message),) = messages_of(done)
+    assert level == "error"
+    assert message.startswith("Not discarded: ") and "testapp.Gone" in message
+    assert PersistentStorage.objects.filter(pk=orphan.pk).exists()
+
+
+def test_memory_tables_page_reports_when_it_cannot_list(
+    admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    def broken(*labels: str) -> list[api.TableInfo]:
+        raise MemdbError("the memory database is gone")
+
+    monkeypatch.setattr(api, "tables", broken)
+
+    response = admin.get(TABLES)
+
+    assert response.status_code == 200
+    assert messages_of(response) == [
+        ("error", "Cannot list the memory tables: the memory database is gone")
+    ]
+    assert "No memory tables" in response.content.decode()
