@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import atexit
 import logging
+import os
 import signal
 import threading
 from functools import cache
@@ -144,6 +145,21 @@ def install_exit_handlers() -> None:
 
 
 def _on_sigterm(signum: int, frame: Any) -> None:
-    """Exit as SIGTERM would, but through ``sys.exit`` so atexit flushes first."""
+    """Flush in a helper thread, then die of SIGTERM as if memdb had no handler.
+
+    Raising ``SystemExit`` here would unwind whatever the main thread was doing, and
+    code that catches every exception (a WSGI server writing a response) swallows it:
+    the process would neither flush nor stop. A second SIGTERM during the flush kills
+    at once.
+    """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    raise SystemExit(128 + signum)
+    threading.Thread(
+        target=_flush_then_die, args=(signum,), name="memdb-sigterm-flush", daemon=True
+    ).start()
+
+
+def _flush_then_die(signum: int) -> None:
+    try:
+        flush_at_exit()
+    finally:
+        os.kill(os.getpid(), signum)
