@@ -225,8 +225,8 @@ def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]
             errors.append(
                 checks.Error(
                     f"{where} names codec {name!r}: {exc}",
-                    hint="Use a built-in codec name (zlib, gzip, bz2, lzma) or the import "
-                    "path of a codec class.",
+                    hint="Use a built-in codec name (zlib, gzip, bz2, lzma, fernet), a "
+                    "registered one, or the import path of a codec class.",
                     obj=obj,
                     id=E008,
                 )

@@ -76,7 +76,6 @@ class FernetCodec:
     """
 
     name = "fernet"
-    keyed = True
 
     def _fernet(self) -> Any:
         from .conf import memdb_settings
@@ -100,6 +99,16 @@ class FernetCodec:
 
     def encode(self, data: bytes) -> bytes:
         return bytes(self._fernet().encrypt(data))
+
+    def key_id(self) -> str:
+        """A short hash of the key new snapshots are encrypted with (the first one)."""
+        import hashlib
+
+        from .conf import memdb_settings
+
+        self._fernet()  # the same clear errors as encode() when keys are missing or bad
+        key = memdb_settings.FERNET_KEYS[0]
+        return hashlib.sha256(key if isinstance(key, bytes) else key.encode()).hexdigest()[:16]
 
     def decode(self, data: bytes) -> bytes:
         from cryptography.fernet import InvalidToken
@@ -152,9 +161,23 @@ def configured_names() -> set[str]:
     return names
 
 
-def is_keyed(chain: Iterable[str]) -> bool:
-    """True when a codec of ``chain`` depends on keys that rotate (so rewrite it)."""
-    return any(getattr(_registry.get(name), "keyed", False) for name in chain)
+def key_ids(chain: Iterable[str], *, label: str) -> list[str]:
+    """``name:key id`` of each codec of ``chain`` that has a ``key_id()`` (encryption).
+
+    Recorded on each snapshot: a table whose data is unchanged is rewritten when the
+    key it would be encrypted with differs from the one that encrypted it.
+    """
+    ids = []
+    for name in chain:
+        if name.startswith(PROCESSOR_PREFIX):
+            continue
+        try:
+            codec = get_codec(name)
+            if callable(getattr(codec, "key_id", None)):
+                ids.append(f"{name}:{codec.key_id()}")  # type: ignore[attr-defined]
+        except CodecError as exc:
+            raise CodecError(f"{label}: {exc}") from exc
+    return ids
 
 
 def chain_for(model: Any) -> tuple[str, ...]:

@@ -139,13 +139,18 @@ def _names(names: list[str]) -> str:
 
 
 def _image(model: ModelType, rows: list[Any]) -> bytes:
-    """Rows in Django's serialization format as a one-table SQLite image."""
+    """Rows in Django's serialization format as a one-table SQLite image.
+
+    The image holds the columns the snapshot has values for, so a field added since is
+    left to restore's column mapping (its default, NULL, or a clear error), exactly as
+    for a ``sqlite-table`` snapshot.
+    """
     label = model._meta.label
-    fields = [f for f in model._meta.local_concrete_fields if f.column]
-    known = {f.name for f in model._meta.get_fields()} | {f.attname for f in fields}
-    dropped = sorted(
-        {name for row in rows if isinstance(row, dict) for name in row.get("fields", {})} - known
-    )
+    stored = {name for row in rows if isinstance(row, dict) for name in row.get("fields", {})}
+    every = [f for f in model._meta.local_concrete_fields if f.column]
+    fields = [f for f in every if f.primary_key or f.name in stored or not rows]
+    known = {f.name for f in model._meta.get_fields()} | {f.attname for f in every}
+    dropped = sorted(stored - known)
     if dropped:
         from .restore import SchemaDriftWarning
 
@@ -155,6 +160,7 @@ def _image(model: ModelType, rows: list[Any]) -> bytes:
             SchemaDriftWarning,
             stacklevel=2,
         )
+        store.logger.warning("memdb: %s: dropped snapshot field(s) %s", label, ", ".join(dropped))
     connection = connections[memdb_settings.ALIAS]
     try:
         objects = [

@@ -32,7 +32,7 @@ DEFAULTS: dict[str, Any] = {
     # another thread before the "database table is locked" error reaches the caller.
     "LOCK_TIMEOUT": 10.0,
     # Codec names or import paths applied in order to every snapshot's bytes
-    # (a model's ``memdb_codecs`` overrides). Built-ins: zlib, gzip, bz2, lzma.
+    # (a model's ``memdb_codecs`` overrides). Built-ins: zlib, gzip, bz2, lzma, fernet.
     "CODECS": (),
     # Keys of the "fernet" codec, newest first: spools encrypt with the first one,
     # restores decrypt with any of them (see "Key rotation" in the README).

@@ -25,6 +25,12 @@ class PersistentStorage(models.Model):
     codecs = models.JSONField(
         default=list, blank=True, help_text="Codec chain applied after the format, in order."
     )
+    key_ids = models.JSONField(
+        default=list,
+        blank=True,
+        help_text="For each keyed codec, a hash identifying the key it encrypted with "
+        "(never the key), so a spool knows when a new key calls for a rewrite.",
+    )
     row_count = models.PositiveBigIntegerField()
     size = models.PositiveBigIntegerField(help_text="Bytes of data as stored.")
     checksum = models.CharField(max_length=64, help_text="sha256 of data as stored.")

@@ -131,7 +131,7 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             )
         started = time.perf_counter()
         chain = codecs.chain_for(model)
-        if not force and not compat.hooks_connected() and not codecs.is_keyed(chain):
+        if not force:
             unchanged = _unchanged(model, state, chain)
             if unchanged is not None:
                 return unchanged
@@ -187,11 +187,20 @@ def _unchanged(
     with store.raw_connection(state.name) as conn:
         if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
             return None
-    stored = stored_snapshots(model).values("generation", "row_count", "size", "codecs").first()
+    stored = (
+        stored_snapshots(model)
+        .values("generation", "row_count", "size", "codecs", "key_ids", "format")
+        .first()
+    )
+    if stored is None or stored["generation"] != table_state.generation:
+        return None
+    recorded = list(stored["codecs"] or [])
+    codec_part = [n for n in recorded if not n.startswith(codecs.PROCESSOR_PREFIX)]
+    wanted_format = compat.FORMAT if compat.hooks_connected() else SNAPSHOT_FORMAT
     if (
-        stored is None
-        or stored["generation"] != table_state.generation
-        or list(stored["codecs"] or []) != list(chain)
+        stored["format"] != wanted_format
+        or codec_part != list(chain)
+        or list(stored["key_ids"] or []) != codecs.key_ids(chain, label=model._meta.label)
     ):
         return None
     return SpoolResult(
@@ -250,6 +259,7 @@ def write_snapshot(
                 format=fmt,
                 format_version=FORMAT_VERSION,
                 codecs=list(chain),
+                key_ids=codecs.key_ids(chain, label=label),
                 row_count=rows,
                 size=len(data),
                 checksum=hashlib.sha256(data).hexdigest(),

@@ -13,6 +13,7 @@ import ast
 import bz2
 import gzip
 import hashlib
+import json
 import lzma
 import os
 import re
@@ -27,6 +28,7 @@ import pytest
 from cryptography.fernet import Fernet, InvalidToken
 from django.conf import settings
 from django.test.utils import override_settings
+from django.utils import timezone
 
 from memdb import api, codecs
 from memdb import checks as memdb_checks
@@ -371,6 +373,69 @@ def test_fernet_key_rotation_in_process(memdb_override: Override) -> None:
     with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_B]):
         api.restore("testapp.Score")
     assert scores() == before
+
+
+def test_an_unchanged_encrypted_table_is_rewritten_only_for_a_new_key(
+    memdb_override: Override,
+) -> None:
+    """Regression: every explicit spool rewrote a fernet table, so a memdb_spool command
+    beside a server bumped the generation and the server's next spool met a conflict."""
+    Score.objects.create(player="a", points=1)
+    with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_A]):
+        (first,) = api.spool("testapp.Score")
+        (again,) = api.spool("testapp.Score")
+        key_ids = stored(Score).key_ids
+    assert again.unchanged and again.generation == first.generation == 1
+    assert len(key_ids) == 1 and key_ids[0].startswith("fernet:")
+    assert KEY_A not in key_ids[0]
+    with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_A, KEY_B]):
+        assert api.spool("testapp.Score")[0].unchanged, "an old key listed second changes nothing"
+    with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_B, KEY_A]):
+        (rotated,) = api.spool("testapp.Score")
+    assert not rotated.unchanged and rotated.generation == 2
+    assert stored(Score).key_ids != key_ids
+
+
+def test_a_json_snapshot_missing_a_field_without_default_fails_naming_it() -> None:
+    """The 0.0.6 path maps an old snapshot onto the model like the default path: a field
+    added since, with neither default nor null, is a clear error, not a NULL or ''."""
+    row = {"model": "testapp.score", "pk": 1, "fields": {"player": "old"}}
+    data = json.dumps([row]).encode()
+    PersistentStorage.objects.create(
+        app_label="testapp",
+        model_name="Score",
+        format="django-json",
+        format_version=1,
+        codecs=[],
+        row_count=1,
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest(),
+        generation=1,
+        created_at=timezone.now(),
+        updated_at=timezone.now(),
+        data=data,
+    )
+    api.restore("testapp.Score")
+    assert scores() == [(1, "old", 0)], "points has a default (0)"
+
+    row = {"model": "testapp.alltypes", "pk": 1, "fields": {"char": "c"}}
+    data = json.dumps([row]).encode()
+    PersistentStorage.objects.create(
+        app_label="testapp",
+        model_name="AllTypes",
+        format="django-json",
+        format_version=1,
+        codecs=[],
+        row_count=1,
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest(),
+        generation=1,
+        created_at=timezone.now(),
+        updated_at=timezone.now(),
+        data=data,
+    )
+    with pytest.raises(RestoreError, match=r"testapp\.AllTypes: field 'small' was added"):
+        api.restore("testapp.AllTypes")
 
 
 def test_fernet_without_cryptography_is_a_clear_error(
