@@ -24,11 +24,11 @@ INSTALLED_APPS = [
     "django.contrib.admin",
     "rest_framework",
     "rest_framework.authtoken",
+    "drf_spectacular",
+    "drf_spectacular_sidecar",
     "tests.testapp",
 ]
-# Sessions and authentication for the REST tests (tests/test_rest_api.py). No
-# CommonMiddleware: its Content-Length lets runserver keep connections alive, and
-# test_restart's SIGTERM then lands inside a request, where wsgiref swallows the exit.
+# Sessions and authentication for the REST tests (tests/test_rest_api.py).
 MIDDLEWARE = [
     "django.contrib.sessions.middleware.SessionMiddleware",
     "django.middleware.csrf.CsrfViewMiddleware",
@@ -59,6 +59,15 @@ REST_FRAMEWORK = {
         "rest_framework.authentication.TokenAuthentication",
         "rest_framework.authentication.BasicAuthentication",
     ],
+    "DEFAULT_SCHEMA_CLASS": "drf_spectacular.openapi.AutoSchema",
+}
+# Swagger UI for the browser test, served from the sidecar package (no CDN).
+SPECTACULAR_SETTINGS = {
+    "TITLE": "django-memdb control API",
+    "VERSION": "0.1.0",
+    "SERVE_INCLUDE_SCHEMA": False,
+    "SWAGGER_UI_DIST": "SIDECAR",
+    "SWAGGER_UI_FAVICON_HREF": "SIDECAR",
 }
 
 _kind = os.environ.get("MEMDB_TEST_DB", "sqlite")

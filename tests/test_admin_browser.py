@@ -258,3 +258,22 @@ def test_staff_without_the_view_permission_gets_403(browser: Any, live_server: A
 
     assert "403 Forbidden" in browser.find_element(By.TAG_NAME, "body").text
     assert not browser.find_elements(By.CSS_SELECTOR, "#memory-tables")
+
+
+def test_swagger_ui_documents_the_memdb_endpoints(browser: Any, live_server: Any) -> None:
+    """The control surface's Swagger UI renders in a real browser, offline (sidecar)."""
+    from selenium.webdriver.common.by import By
+
+    user("operator")
+    log_in(browser, live_server, "operator", next_url="/admin/")
+    browser.get(f"{live_server.url}/api/docs/")
+    wait_for(browser, ".swagger-ui .opblock")
+    paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
+    assert {
+        "/memdb/tables",
+        "/memdb/tables/{label}",
+        "/memdb/spool",
+        "/memdb/restore",
+        "/memdb/storage",
+    } <= paths, paths
+    screenshot(browser, "swagger_ui")
