@@ -396,44 +396,34 @@ def test_an_unchanged_encrypted_table_is_rewritten_only_for_a_new_key(
     assert stored(Score).key_ids != key_ids
 
 
+def store_json_snapshot(model: type, fields: dict[str, Any]) -> None:
+    """One row stored as a ``django-json`` snapshot with no processors."""
+    row = {"model": model._meta.label_lower, "pk": 1, "fields": fields}
+    data = json.dumps([row]).encode()
+    PersistentStorage.objects.create(
+        app_label=model._meta.app_label,
+        model_name=model.__name__,
+        format="django-json",
+        format_version=1,
+        codecs=[],
+        row_count=1,
+        size=len(data),
+        checksum=hashlib.sha256(data).hexdigest(),
+        generation=1,
+        created_at=timezone.now(),
+        updated_at=timezone.now(),
+        data=data,
+    )
+
+
 def test_a_json_snapshot_missing_a_field_without_default_fails_naming_it() -> None:
     """The 0.0.6 path maps an old snapshot onto the model like the default path: a field
     added since, with neither default nor null, is a clear error, not a NULL or ''."""
-    row = {"model": "testapp.score", "pk": 1, "fields": {"player": "old"}}
-    data = json.dumps([row]).encode()
-    PersistentStorage.objects.create(
-        app_label="testapp",
-        model_name="Score",
-        format="django-json",
-        format_version=1,
-        codecs=[],
-        row_count=1,
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest(),
-        generation=1,
-        created_at=timezone.now(),
-        updated_at=timezone.now(),
-        data=data,
-    )
+    store_json_snapshot(Score, {"player": "old"})
     api.restore("testapp.Score")
     assert scores() == [(1, "old", 0)], "points has a default (0)"
 
-    row = {"model": "testapp.alltypes", "pk": 1, "fields": {"char": "c"}}
-    data = json.dumps([row]).encode()
-    PersistentStorage.objects.create(
-        app_label="testapp",
-        model_name="AllTypes",
-        format="django-json",
-        format_version=1,
-        codecs=[],
-        row_count=1,
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest(),
-        generation=1,
-        created_at=timezone.now(),
-        updated_at=timezone.now(),
-        data=data,
-    )
+    store_json_snapshot(AllTypes, {"char": "c"})
     with pytest.raises(RestoreError, match=r"testapp\.AllTypes: field 'small' was added"):
         api.restore("testapp.AllTypes")
 
