@@ -19,7 +19,12 @@ _routes = [
     ("storage", views.StorageView, "storage"),
 ]
 
-urlpatterns = [path(route, view.as_view(), name=name) for route, view, name in _routes] + [
-    path(route + "/", view.as_view(schema=None), name=f"{name}-slash")
-    for route, view, name in _routes
+urlpatterns = [
+    *(path(route, view.as_view(), name=name) for route, view, name in _routes),
+    *(
+        path(route + "/", view.as_view(schema=None), name=f"{name}-slash")
+        for route, view, name in _routes
+    ),
+    # A label with a slash in it names no table: answer with the API's JSON 404 too.
+    path("tables/<path:label>", views.TableDetailView.as_view(schema=None), name="table-any"),
 ]

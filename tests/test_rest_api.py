@@ -956,3 +956,11 @@ def test_the_throttle_scope_is_the_api_throttle_scope_setting(
         with throttle_rates({"deploys": "1/minute", "memdb": None}):
             assert post(ops, "/memdb/spool", {}).status_code == 200
             assert_error(post(ops, "/memdb/spool", {}), 429, "throttled")
+
+
+def test_a_label_with_a_slash_is_a_json_404(ops: APIClient) -> None:
+    """Regression: ``/memdb/tables/a/b`` fell through to Django's HTML 404 page."""
+    response = ops.get("/memdb/tables/testapp/Score")
+    assert response.status_code == 404
+    assert response.json()["code"] == "unknown_table"
+    assert "testapp/Score" in response.json()["detail"]
