@@ -140,19 +140,18 @@ class PersistentStorageAdmin(admin.ModelAdmin):
         return obj is None and super().has_change_permission(request, obj)
 
     def has_delete_permission(self, request: HttpRequest, obj: Any = None) -> bool:
-        """Deleting goes through "Discard selected snapshots", which confirms first."""
-        return obj is None and super().has_delete_permission(request, obj)
+        """No delete page or "delete selected": discarding goes through memdb.api."""
+        return False
 
-    def get_actions(self, request: HttpRequest) -> dict[str, Any]:
-        actions = super().get_actions(request)
-        actions.pop("delete_selected", None)
-        return actions
+    def has_discard_permission(self, request: HttpRequest) -> bool:
+        """ "Discard selected snapshots" takes the model's delete permission."""
+        return super().has_delete_permission(request)
 
     @admin.action(description="Restore selected tables", permissions=["change"])
     def restore_selected(self, request: HttpRequest, queryset: QuerySet[PersistentStorage]) -> None:
         _restore(request, sorted({row.label for row in queryset}), self.message_user)
 
-    @admin.action(description="Discard selected snapshots", permissions=["delete"])
+    @admin.action(description="Discard selected snapshots", permissions=["discard"])
     def discard_selected(
         self, request: HttpRequest, queryset: QuerySet[PersistentStorage]
     ) -> HttpResponse | None:

@@ -10,8 +10,9 @@ from rest_framework import serializers
 
 POLICY_CHOICES = ["commit", "interval", "manual"]
 RESTORE_STATES = ["ok", "failed", "none"]
-#: A table label in a request body: not blank, no NUL character.
-LABEL_PATTERN = r"^[^\x00]*[^\x00\s][^\x00]*$"
+#: A table label in a request body: something besides ASCII whitespace, no NUL character.
+#: The whitespace class is spelled out: ``\s`` differs between Python and JSON Schema.
+LABEL_PATTERN = r"^[^\x00]*[^\x00 \t\n\r\f\v][^\x00]*$"
 
 
 class StrictCharField(serializers.CharField):
@@ -60,9 +61,12 @@ class TableSerializer(serializers.Serializer):
 
 class TablesRequestSerializer(serializers.Serializer):
     tables = serializers.ListField(
-        # A blank label (whitespace is trimmed) or one with a NUL character is a 400; the
-        # pattern says so in the schema (it cannot fail once CharField has refused those).
-        child=StrictCharField(max_length=200, validators=[RegexValidator(LABEL_PATTERN)]),
+        # A blank label or one with a NUL character is a 400, as the pattern says. No
+        # trimming: Python's str.strip() also strips control characters that the schema's
+        # pattern counts as content, so a label like "\x1c" must reach the lookup (a 404).
+        child=StrictCharField(
+            max_length=200, trim_whitespace=False, validators=[RegexValidator(LABEL_PATTERN)]
+        ),
         required=False,
         max_length=1000,
         help_text="Labels (`app_label.ModelName`); omitted or empty: every persistent table.",
