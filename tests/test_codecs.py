@@ -35,6 +35,7 @@ from memdb import checks as memdb_checks
 from memdb.exceptions import CodecError, RestoreError, SpoolError
 from memdb.models import PersistentStorage
 from tests import codec_custom
+from tests.helpers import fingerprint, info, scores, stored
 from tests.test_fields import ROWS, field_values
 from tests.test_restart import child_env, default_db, read, run  # noqa: F401
 from tests.testapp.models import AllTypes, Legacy, Score
@@ -47,27 +48,6 @@ KEY_A = Fernet.generate_key().decode()
 KEY_B = Fernet.generate_key().decode()
 KEY_C = Fernet.generate_key().decode()
 LARGE = 20_000
-
-
-def stored(model: type) -> PersistentStorage:
-    return PersistentStorage.objects.get(
-        app_label=model._meta.app_label, model_name=model._meta.object_name
-    )
-
-
-def fingerprint(model: type) -> tuple[Any, ...]:
-    """Everything of a stored snapshot a failed restore must leave as it was."""
-    s = stored(model)
-    return (s.pk, bytes(s.data), s.checksum, s.size, s.generation, s.codecs, s.format)
-
-
-def info(label: str) -> api.TableInfo:
-    (result,) = api.tables(label)
-    return result
-
-
-def scores() -> list[tuple[int, str, int]]:
-    return list(Score.objects.order_by("pk").values_list("pk", "player", "points"))
 
 
 def damage_keeping_checksum(model: type) -> None:

@@ -27,6 +27,7 @@ import memdb
 from memdb import api, signals
 from memdb.exceptions import RestoreError, SpoolError
 from memdb.models import PersistentStorage
+from tests.helpers import fingerprint, info, scores, stored
 from tests.test_fields import ROWS, field_values
 from tests.test_restart import (  # noqa: F401
     MIGRATE,
@@ -45,26 +46,6 @@ pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memd
 Override = Callable[..., AbstractContextManager[Any]]
 HOOK = "processor:tests.codec_hook_006.compress"
 KEYS = {"data", "application", "model", "database", "processors", "process"}
-
-
-def stored(model: type) -> PersistentStorage:
-    return PersistentStorage.objects.get(
-        app_label=model._meta.app_label, model_name=model._meta.object_name
-    )
-
-
-def fingerprint(model: type) -> tuple[Any, ...]:
-    s = stored(model)
-    return (s.pk, bytes(s.data), s.checksum, s.size, s.generation, s.codecs, s.format)
-
-
-def info(label: str) -> api.TableInfo:
-    (result,) = api.tables(label)
-    return result
-
-
-def scores() -> list[tuple[int, str, int]]:
-    return list(Score.objects.order_by("pk").values_list("pk", "player", "points"))
 
 
 @pytest.fixture(autouse=True)
