@@ -106,10 +106,26 @@ def wait_for(driver: Any, css: str) -> Any:
 
 
 def wait_until_stale(driver: Any, element: Any) -> None:
-    from selenium.webdriver.support import expected_conditions as ec
+    """Wait until ``element`` left the document (the page navigated away).
+
+    Asked mid-navigation, chromedriver may answer "Node with given id does not belong to
+    the document" instead of a stale-element error: that means gone too.
+    """
+    from selenium.common.exceptions import StaleElementReferenceException, WebDriverException
     from selenium.webdriver.support.ui import WebDriverWait
 
-    WebDriverWait(driver, WAIT).until(ec.staleness_of(element))
+    def gone(_: Any) -> bool:
+        try:
+            element.is_enabled()
+        except StaleElementReferenceException:
+            return True
+        except WebDriverException as exc:
+            if "does not belong to the document" in str(exc):
+                return True
+            raise
+        return False
+
+    WebDriverWait(driver, WAIT).until(gone)
 
 
 def screenshot(driver: Any, name: str) -> Path:
@@ -264,8 +280,6 @@ def test_swagger_ui_documents_the_memdb_endpoints(browser: Any, live_server: Any
     """The control surface's Swagger UI renders in a real browser, offline (sidecar)."""
     from selenium.webdriver.common.by import By
 
-    user("operator")
-    log_in(browser, live_server, "operator", next_url="/admin/")
     browser.get(f"{live_server.url}/api/docs/")
     wait_for(browser, ".swagger-ui .opblock")
     paths = {e.text for e in browser.find_elements(By.CSS_SELECTOR, ".opblock-summary-path")}
