@@ -86,3 +86,7 @@ def memdb_override() -> Callable[..., AbstractContextManager[Any]]:
         return override_settings(MEMDB={**settings.MEMDB, **keys})
 
     return override
+
+
+# The fresh default database of the child-process tests (tests/children.py).
+from tests.children import default_db  # noqa: E402,F401

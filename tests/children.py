@@ -1,0 +1,180 @@
+"""Child processes for the restart and reliability tests: a real restart is a new process.
+
+``default_db`` gives each test a default database of its own (a fresh SQLite file, or a
+fresh PostgreSQL / MariaDB database when ``MEMDB_TEST_DB`` says so, dropped afterwards);
+``child_env`` points a child at it; ``run`` runs code in a new Python process and returns
+the last JSON line it printed. The pytest process itself never touches that database
+apart from creating and dropping it.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+import pytest
+
+ROOT = Path(__file__).resolve().parent.parent
+TIMEOUT = 60
+INTERVAL = 0.2
+
+PRELUDE = """
+import json, os, sys, time
+import django
+django.setup()
+from django.core.management import call_command
+from django.db import transaction
+from memdb import api
+from memdb.models import PersistentStorage
+from tests.testapp.models import CommitScore, Hit, IntervalScore, Score
+
+def rows(model):
+    return [list(r) for r in model.objects.order_by("pk").values_list("pk", "player", "points")]
+
+def report(**data):
+    print(json.dumps(data), flush=True)
+"""
+
+MIGRATE = "call_command('migrate', verbosity=0)\n"
+
+READ = """
+seen = rows({model})
+(info,) = api.tables("testapp.{model}")
+report(rows=seen, restore_state=info.restore_state, restore_error=info.restore_error)
+"""
+
+
+# -- the default database of the children ---------------------------------------------
+
+
+def _server_connection(kind: str) -> Any:
+    from django.conf import settings
+
+    db = settings.DATABASES["default"]
+    host, user, password = db.get("HOST") or "127.0.0.1", db.get("USER"), db.get("PASSWORD")
+    if kind == "postgresql":
+        import psycopg
+
+        return psycopg.connect(
+            host=host,
+            port=db.get("PORT") or 5432,
+            user=user,
+            password=password or None,
+            dbname="postgres",
+            autocommit=True,
+        )
+    import pymysql
+
+    return pymysql.connect(
+        host=host,
+        port=int(db.get("PORT") or 3306),
+        user=user,
+        password=password or "",
+        charset="utf8mb4",
+        autocommit=True,
+    )
+
+
+@pytest.fixture
+def default_db(tmp_path: Path) -> Iterator[str]:
+    """The NAME of a fresh default database for the children, dropped afterwards."""
+    kind = os.environ.get("MEMDB_TEST_DB", "sqlite")
+    if kind == "sqlite":
+        yield str(tmp_path / "default.sqlite3")
+        return
+    name = f"memdb_restart_{uuid.uuid4().hex[:12]}"
+    if kind == "postgresql":
+        create = f'CREATE DATABASE "{name}"'
+        drop = f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
+    else:
+        create = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
+        drop = f"DROP DATABASE IF EXISTS `{name}`"
+    conn = _server_connection(kind)
+    try:
+        with conn.cursor() as cursor:
+            cursor.execute(create)
+        yield name
+    finally:
+        with conn.cursor() as cursor:
+            cursor.execute(drop)
+        conn.close()
+
+
+# -- child processes --------------------------------------------------------------------
+
+
+def child_env(db_name: str, **overrides: str) -> dict[str, str]:
+    env = dict(os.environ)
+    env.update(
+        DJANGO_SETTINGS_MODULE="tests.settings",
+        PYTHONPATH=str(ROOT),
+        PYTHONUNBUFFERED="1",
+        MEMDB_TEST_DB_NAME=db_name,
+        MEMDB_TEST_POLICY="manual",
+        MEMDB_TEST_INTERVAL=str(INTERVAL),
+        MEMDB_TEST_FLUSH_ON_EXIT="0",
+    )
+    env.update(overrides)
+    return env
+
+
+def last_json(stdout: str) -> Any:
+    lines = [line for line in stdout.splitlines() if line.startswith("{")]
+    assert lines, f"the child printed no JSON:\n{stdout}"
+    return json.loads(lines[-1])
+
+
+def check_quiet(stderr: str) -> None:
+    """No traceback and no memdb error or warning (failed restore, failed spool)."""
+    assert "Traceback" not in stderr and "memdb:" not in stderr, stderr
+
+
+def run(code: str, env: dict[str, str], *, migrate: bool = False, returncode: int = 0) -> Any:
+    """Run ``code`` in a new Python process; return the last JSON line it printed."""
+    source = PRELUDE + (MIGRATE if migrate else "") + code
+    proc = subprocess.run(
+        [sys.executable, "-c", source],
+        cwd=ROOT,
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=TIMEOUT,
+    )
+    assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
+    check_quiet(proc.stderr)
+    return last_json(proc.stdout)
+
+
+def read(model: str, env: dict[str, str]) -> Any:
+    """What a new process sees of ``model`` after restoring at first use."""
+    return run(READ.format(model=model), env)
+
+
+def wait_for(predicate: Any, what: str, proc: subprocess.Popen[Any], log: Path) -> None:
+    deadline = time.monotonic() + TIMEOUT
+    while not predicate():
+        if proc.poll() is not None:
+            pytest.fail(f"the child exited ({proc.returncode}) before {what}:\n{log.read_text()}")
+        if time.monotonic() > deadline:
+            pytest.fail(f"timed out waiting for {what}:\n{log.read_text()}")
+        time.sleep(0.05)
+
+
+def stop(proc: subprocess.Popen[Any]) -> int:
+    """SIGTERM the child and wait for it (killing it if it does not go)."""
+    if proc.poll() is None:
+        proc.send_signal(signal.SIGTERM)
+    try:
+        return proc.wait(timeout=TIMEOUT)
+    except subprocess.TimeoutExpired:
+        proc.kill()
+        proc.wait(timeout=TIMEOUT)
+        raise
