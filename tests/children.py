@@ -1,7 +1,8 @@
 """Child processes for the restart and reliability tests: a real restart is a new process.
 
 ``default_db`` gives each test a default database of its own (a fresh SQLite file, or a
-fresh PostgreSQL / MariaDB database when ``MEMDB_TEST_DB`` says so, dropped afterwards);
+fresh PostgreSQL / MariaDB database when ``MEMDB_TEST_DB`` says so, dropped afterwards;
+``fresh_database`` does the same outside pytest, for the benchmarks);
 ``child_env`` points a child at it; ``run`` runs code in a new Python process and returns
 the last JSON line it printed. The pytest process itself never touches that database
 apart from creating and dropping it.
@@ -17,6 +18,7 @@ import sys
 import time
 import uuid
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -83,12 +85,15 @@ def _server_connection(kind: str) -> Any:
     )
 
 
-@pytest.fixture
-def default_db(tmp_path: Path) -> Iterator[str]:
-    """The NAME of a fresh default database for the children, dropped afterwards."""
-    kind = os.environ.get("MEMDB_TEST_DB", "sqlite")
+@contextmanager
+def fresh_database(kind: str, directory: Path) -> Iterator[str]:
+    """The NAME of a new default database of ``kind``, dropped afterwards.
+
+    ``kind`` is sqlite (a file in ``directory``), postgresql or mysql; the servers are
+    reached with the credentials of ``settings.DATABASES["default"]``.
+    """
     if kind == "sqlite":
-        yield str(tmp_path / "default.sqlite3")
+        yield str(directory / "default.sqlite3")
         return
     name = f"memdb_restart_{uuid.uuid4().hex[:12]}"
     if kind == "postgresql":
@@ -106,6 +111,13 @@ def default_db(tmp_path: Path) -> Iterator[str]:
         with conn.cursor() as cursor:
             cursor.execute(drop)
         conn.close()
+
+
+@pytest.fixture
+def default_db(tmp_path: Path) -> Iterator[str]:
+    """The NAME of a fresh default database for the children, dropped afterwards."""
+    with fresh_database(os.environ.get("MEMDB_TEST_DB", "sqlite"), tmp_path) as name:
+        yield name
 
 
 # -- child processes --------------------------------------------------------------------
