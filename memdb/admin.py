@@ -19,7 +19,7 @@ from django.template.response import TemplateResponse
 from . import api
 from .exceptions import MemdbError
 from .models import MemoryTable, PersistentStorage
-from .registry import label_of
+from .registry import label_of, model_name_of, persistent_models
 
 __all__ = ["MemDBModelAdmin", "PersistentStorageAdmin", "MemoryTableAdmin"]
 
@@ -97,6 +97,7 @@ class PersistentStorageAdmin(admin.ModelAdmin):
         "generation",
         "written_by",
         "updated_at",
+        "model_present",
     ]
     list_filter = ["app_label", "kind", "format"]
     search_fields = ["app_label", "model_name"]
@@ -110,6 +111,7 @@ class PersistentStorageAdmin(admin.ModelAdmin):
         "codec_chain",
         "row_count",
         "human_size",
+        "chunk_count",
         "checksum",
         "generation",
         "written_by",
@@ -118,7 +120,18 @@ class PersistentStorageAdmin(admin.ModelAdmin):
     )
 
     def get_queryset(self, request: HttpRequest) -> QuerySet[PersistentStorage]:
-        return super().get_queryset(request).defer("data")
+        return super().get_queryset(request)
+
+    @admin.display(
+        description="model",
+        boolean=True,
+    )
+    def model_present(self, obj: PersistentStorage) -> bool:
+        """False for an orphaned snapshot: its model was removed; discard it when done."""
+        return any(
+            m._meta.app_label == obj.app_label and model_name_of(m) == obj.model_name
+            for m in persistent_models()
+        )
 
     @admin.display(description="table", ordering="model_name")
     def table(self, obj: PersistentStorage) -> str:

@@ -8,9 +8,19 @@ from __future__ import annotations
 from dataclasses import dataclass
 from datetime import datetime
 
+from django.db import transaction
+
 from . import store
 from .exceptions import MemdbError, RestoreError
-from .registry import is_persistent, label_of, memory_models, model_name_of, policy_of, resolve
+from .registry import (
+    is_persistent,
+    label_of,
+    memory_models,
+    model_name_of,
+    persistent_models,
+    policy_of,
+    resolve,
+)
 from .restore import RestoreResult, restore_models
 from .spooler import SpoolResult, flush, spool_model, stored_snapshots
 
@@ -24,6 +34,7 @@ __all__ = [
     "flush",
     "tables",
     "storage",
+    "orphans",
     "StoredSnapshot",
 ]
 
@@ -101,19 +112,59 @@ def discard(*labels: str) -> int:
     """Delete the stored snapshots of the named tables; return how many were deleted.
 
     This is the explicit way out for a snapshot that cannot be restored: afterwards the
-    table spools again from what is in memory.
+    table spools again from what is in memory. A label may also name an orphaned
+    snapshot (its model was removed, or is no longer persistent; see ``orphans()``).
     """
-    models = resolve(labels, persistent_only=True)
+    orphaned = {label.lower(): label for label in orphans()}
+    named = tuple(label for label in labels if label.lower() not in orphaned)
+    models = resolve(named, persistent_only=True) if named or not labels else []
     store.ensure_ready()
     state = store.current_state()
     deleted = 0
+    for label in labels:
+        if label.lower() in orphaned:
+            app_label, model_name = orphaned[label.lower()].split(".", 1)
+            deleted += _delete_snapshots(app_label=app_label, model_name=model_name)
     for model in models:
         table_state = state.table(label_of(model))
         with table_state.lock:
-            deleted += stored_snapshots(model).delete()[0]
+            deleted += _delete_snapshots(
+                app_label=model._meta.app_label, model_name=model_name_of(model)
+            )
             table_state.restore_error = None
             table_state.generation = 0
     return deleted
+
+
+def _delete_snapshots(**lookup: str) -> int:
+    """Delete the matching snapshots and their chunks; return how many snapshots."""
+    from .models import PersistentStorage, SnapshotChunk
+    from .spooler import storage_alias
+
+    alias = storage_alias()
+    with transaction.atomic(using=alias):
+        snapshots = PersistentStorage.objects.using(alias).filter(**lookup)
+        SnapshotChunk.objects.using(alias).filter(snapshot__in=snapshots).delete()
+        return snapshots.delete()[0]
+
+
+def orphans() -> list[str]:
+    """Labels of stored snapshots no persistent memory model claims any more.
+
+    Left by an app or model removed (or made memory-only) since it was spooled. They are
+    never restored nor changed; ``discard()`` takes their labels to delete them.
+    """
+    from .models import PersistentStorage
+    from .spooler import storage_alias
+
+    known = {(m._meta.app_label, model_name_of(m)) for m in persistent_models()}
+    stored = (
+        PersistentStorage.objects.using(storage_alias())
+        .values_list("app_label", "model_name")
+        .distinct()
+        .order_by("app_label", "model_name")
+    )
+    return [f"{app}.{name}" for app, name in stored if (app, name) not in known]
 
 
 def tables(*labels: str) -> list[TableInfo]:
@@ -184,6 +235,10 @@ class StoredSnapshot:
     written_by: str
     created: datetime
     updated: datetime
+    #: How many SnapshotChunk rows hold it.
+    chunks: int = 0
+    #: No persistent memory model claims it any more (see ``orphans()``).
+    orphaned: bool = False
 
 
 def storage() -> list[StoredSnapshot]:
@@ -206,8 +261,10 @@ def storage() -> list[StoredSnapshot]:
             "written_by",
             "created_at",
             "updated_at",
+            "chunk_count",
         )
     )
+    orphaned = set(orphans())
     return [
         StoredSnapshot(
             label=f"{row['app_label']}.{row['model_name']}",
@@ -220,6 +277,8 @@ def storage() -> list[StoredSnapshot]:
             written_by=row["written_by"],
             created=row["created_at"],
             updated=row["updated_at"],
+            chunks=row["chunk_count"],
+            orphaned=f"{row['app_label']}.{row['model_name']}" in orphaned,
         )
         for row in rows
     ]

@@ -21,6 +21,7 @@ E008 = "memdb.E008"  # unknown codec in MEMDB["CODECS"] or a model's memdb_codec
 E009 = "memdb.E009"  # the fernet codec is used but MEMDB["FERNET_KEYS"] is empty
 E010 = "memdb.E010"  # MEMDB["FERNET_KEYS"] holds an invalid key
 E011 = "memdb.E011"  # the fernet codec is used but cryptography is not installed
+E012 = "memdb.E012"  # MEMDB["CHUNK_SIZE"] is not a positive whole number of bytes
 W001 = "memdb.W001"  # unknown key in MEMDB
 W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
 
@@ -99,6 +100,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                     id=E007,
                 )
             )
+    chunk = memdb_settings.CHUNK_SIZE
+    if isinstance(chunk, bool) or not isinstance(chunk, int) or chunk < 1024:
+        errors.append(
+            checks.Error(
+                f"MEMDB['CHUNK_SIZE'] is {chunk!r}; it must be a whole number of bytes, "
+                f"at least 1024.",
+                hint=f"Set MEMDB['CHUNK_SIZE'] to e.g. {DEFAULTS['CHUNK_SIZE']} (4 MiB).",
+                id=E012,
+            )
+        )
     for key in memdb_settings.unknown_keys:
         errors.append(
             checks.Warning(

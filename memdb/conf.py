@@ -34,6 +34,15 @@ DEFAULTS: dict[str, Any] = {
     # Codec names or import paths applied in order to every snapshot's bytes
     # (a model's ``memdb_codecs`` overrides). Built-ins: zlib, gzip, bz2, lzma, fernet.
     "CODECS": (),
+    # Bytes of a snapshot per stored chunk, before its codecs run. Each chunk is one row
+    # of SnapshotChunk: keep it well under the server's packet limit (MariaDB's
+    # max_allowed_packet, 16 MiB by default; a chunk may be sent escaped, up to twice
+    # its size). Spool and restore hold about one chunk in memory at a time.
+    "CHUNK_SIZE": 4 * 1024 * 1024,
+    # Directory of the scratch files a spool or restore streams a snapshot through
+    # (None: Python's tempfile default, i.e. TMPDIR or /tmp). Needs about one
+    # snapshot's size free while a spool or restore runs.
+    "TEMP_DIR": None,
     # Keys of the "fernet" codec, newest first: spools encrypt with the first one,
     # restores decrypt with any of them (see "Key rotation" in the README).
     "FERNET_KEYS": (),
@@ -54,6 +63,8 @@ class MemDBSettings:
     FLUSH_ON_EXIT: bool
     LOCK_TIMEOUT: float
     CODECS: tuple[str, ...]
+    CHUNK_SIZE: int
+    TEMP_DIR: str | None
     FERNET_KEYS: tuple[str | bytes, ...]
     API_PERMISSION_CLASSES: tuple[str, ...]
     API_THROTTLE_SCOPE: str
@@ -78,6 +89,8 @@ def _load() -> MemDBSettings:
         FLUSH_ON_EXIT=bool(values["FLUSH_ON_EXIT"]),
         LOCK_TIMEOUT=values["LOCK_TIMEOUT"],
         CODECS=as_chain(values["CODECS"]),
+        CHUNK_SIZE=values["CHUNK_SIZE"],
+        TEMP_DIR=None if values["TEMP_DIR"] is None else str(values["TEMP_DIR"]),
         FERNET_KEYS=_keys(values["FERNET_KEYS"]),
         API_PERMISSION_CLASSES=as_chain(values["API_PERMISSION_CLASSES"]),
         API_THROTTLE_SCOPE=values["API_THROTTLE_SCOPE"],

@@ -9,9 +9,11 @@ class PersistentStorage(models.Model):
     """One stored snapshot of one memory table, in the default database.
 
     A table has one current row of kind ``snapshot``; a spool inserts the next
-    generation and deletes the previous one in the same transaction, so a crash at any
-    point leaves one complete snapshot. ``kind`` leaves room for an incremental journal
-    (a base snapshot plus ``delta`` rows) without changing the table.
+    generation with its chunks and deletes the previous one in the same transaction, so a
+    crash at any point leaves one complete snapshot. The bytes live in ``SnapshotChunk``
+    rows, so no single row outgrows a server's packet limit (MariaDB's
+    ``max_allowed_packet``). ``kind`` leaves room for an incremental journal (a base
+    snapshot plus ``delta`` rows) without changing the table.
     """
 
     KIND_SNAPSHOT = "snapshot"
@@ -32,15 +34,19 @@ class PersistentStorage(models.Model):
         "(never the key), so a spool knows when a new key calls for a rewrite.",
     )
     row_count = models.PositiveBigIntegerField()
-    size = models.PositiveBigIntegerField(help_text="Bytes of data as stored.")
-    checksum = models.CharField(max_length=64, help_text="sha256 of data as stored.")
+    size = models.PositiveBigIntegerField(help_text="Bytes of data as stored (all chunks).")
+    checksum = models.CharField(
+        max_length=64, help_text="sha256 of the chunks' bytes as stored, in order."
+    )
+    chunk_count = models.PositiveIntegerField(
+        default=0, help_text="How many SnapshotChunk rows hold the data."
+    )
     generation = models.PositiveBigIntegerField(
         help_text="Counts the table's snapshots; detects two processes writing one table."
     )
     written_by = models.CharField(max_length=255, blank=True, help_text="host and pid")
     created_at = models.DateTimeField(help_text="When the table was first stored.")
     updated_at = models.DateTimeField(help_text="When this snapshot was written.")
-    data = models.BinaryField()
 
     class Meta:
         verbose_name = "persistent storage"
@@ -60,6 +66,28 @@ class PersistentStorage(models.Model):
     @property
     def label(self) -> str:
         return f"{self.app_label}.{self.model_name}"
+
+
+class SnapshotChunk(models.Model):
+    """One piece of a snapshot's bytes: the codec chain runs on each chunk by itself.
+
+    Spool and restore stream a snapshot chunk by chunk, so neither holds the whole of a
+    big table's snapshot in memory, and each row stays under the server's packet limit.
+    """
+
+    snapshot = models.ForeignKey(PersistentStorage, on_delete=models.CASCADE, related_name="chunks")
+    number = models.PositiveIntegerField(help_text="0, 1, 2, ... in the order to decode.")
+    data = models.BinaryField()
+
+    class Meta:
+        verbose_name = "snapshot chunk"
+        ordering = ["snapshot", "number"]
+        constraints = [
+            models.UniqueConstraint(fields=["snapshot", "number"], name="memdb_chunk_unique")
+        ]
+
+    def __str__(self) -> str:
+        return f"{self.snapshot} chunk {self.number}"
 
 
 class MemoryTable(models.Model):

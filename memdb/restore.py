@@ -1,8 +1,11 @@
 """Restore: load a table from its stored snapshot.
 
-The checksum is verified, the codec chain recorded on the snapshot is undone in
-reverse, and the table image is attached to a private connection and copied by SQLite
-in one ``INSERT ... SELECT`` (no per-row Python). Columns are matched by name: a field
+The snapshot's chunks are read one at a time; the codec chain recorded on the snapshot
+is undone on each, in reverse, and the result streamed into a scratch file while the
+checksum over the stored bytes is verified. The file, a one-table SQLite image, is
+attached to a private connection and copied by SQLite in one ``INSERT ... SELECT`` (no
+per-row Python). Nothing in storage is changed by a restore, so a restore killed half
+way leaves the snapshot as it was for the next start. Columns are matched by name: a field
 added since the spool gets its default, a column the model no longer has is dropped
 with a warning. A snapshot that cannot be loaded is left untouched, the error names the
 table and the reason, and the table is protected from spools until it is restored or
@@ -15,8 +18,10 @@ import hashlib
 import sqlite3
 import time
 import warnings
+from collections.abc import Iterator
 from contextlib import ExitStack
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 from django.db import DatabaseError, connections
@@ -30,6 +35,8 @@ from .spooler import (
     SNAP_SCHEMA,
     SNAPSHOT_FORMAT,
     refuse_inside_transaction,
+    scratch_file,
+    storage_alias,
     stored_snapshots,
 )
 
@@ -52,7 +59,8 @@ class RestoreResult:
 class _Job:
     model: ModelType
     snapshot: Any
-    image: bytes = b""
+    #: The decoded one-table SQLite image, a scratch file.
+    path: str = ""
     started: float = 0.0
     rows: int = 0
     seq: int = 0
@@ -83,7 +91,7 @@ def restore_models(
         jobs: list[_Job] = []
         for model in models:
             try:
-                jobs.append(_prepare(model))
+                jobs.append(_prepare(model, stack))
             except RestoreError as exc:
                 _failed(state, model, exc, errors)
         if jobs:
@@ -137,44 +145,103 @@ def _failed(
     errors[model._meta.label] = exc
 
 
-def _prepare(model: ModelType) -> _Job:
+#: How often a restore starts over when another process replaced the snapshot while
+#: its chunks were being read.
+READ_ATTEMPTS = 3
+
+
+class _Replaced(Exception):
+    """The snapshot being read was replaced by a newer generation meanwhile."""
+
+
+def _prepare(model: ModelType, stack: ExitStack) -> _Job:
     """Fetch, verify and decode the snapshot: everything that needs no memory-table lock."""
     label = model._meta.label
-    snapshot = stored_snapshots(model).order_by("-generation").first()
-    if snapshot is None:
-        raise RestoreError(f"{label} has no stored snapshot to restore")
     signals.pre_restore.send(sender=model, label=label)
-    job = _Job(model=model, snapshot=snapshot, started=time.perf_counter())
-    try:
-        job.image = _verified_image(model, snapshot)
-    except RestoreError:
-        raise
-    except MemdbError as exc:
-        raise RestoreError(str(exc)) from exc
-    return job
+    for _ in range(READ_ATTEMPTS):
+        snapshot = stored_snapshots(model).order_by("-generation").first()
+        if snapshot is None:
+            raise RestoreError(f"{label} has no stored snapshot to restore")
+        job = _Job(model=model, snapshot=snapshot, started=time.perf_counter())
+        job.path = stack.enter_context(scratch_file("restore"))
+        try:
+            _decode_into(model, snapshot, job.path)
+            return job
+        except _Replaced:
+            continue
+        except RestoreError:
+            raise
+        except MemdbError as exc:
+            raise RestoreError(str(exc)) from exc
+    raise RestoreError(
+        f"{label}: the snapshot was replaced {READ_ATTEMPTS} times while being read; "
+        f"another process spools it continuously, try again"
+    )
 
 
-def _verified_image(model: ModelType, snapshot: Any) -> bytes:
+def _decode_into(model: ModelType, snapshot: Any, path: str) -> None:
+    """Write the snapshot's decoded bytes to ``path``, verifying its checksum on the way.
+
+    A chunk that fails to decode is reported as a checksum mismatch when the stored
+    bytes do not match their checksum (corruption), as a codec error when they do (a
+    wrong key, a codec no longer configured).
+    """
     label = model._meta.label
     if snapshot.format not in FORMATS or snapshot.format_version > FORMAT_VERSION:
         raise RestoreError(
             f"{label}: snapshot format {snapshot.format!r} version {snapshot.format_version} "
             f"is not supported by this version of django-memdb"
         )
-    data = bytes(snapshot.data)
-    if hashlib.sha256(data).hexdigest() != snapshot.checksum:
+    chain = list(snapshot.codecs or [])
+    processors = [name for name in chain if name.startswith(codecs.PROCESSOR_PREFIX)]
+    if processors and snapshot.format != compat.FORMAT:
+        raise RestoreError(f"{label}: processors recorded on a {snapshot.format!r} snapshot")
+    chain = chain[len(processors) :]
+    digest, failure = hashlib.sha256(), None
+    with open(path, "wb") as out:
+        for data in _stored_chunks(label, snapshot):
+            digest.update(data)
+            if failure is None:
+                try:
+                    out.write(codecs.decode(chain, data, label=label))
+                except MemdbError as exc:
+                    failure = exc
+    if digest.hexdigest() != snapshot.checksum:
         raise RestoreError(
             f"{label}: checksum mismatch, the stored snapshot (generation "
             f"{snapshot.generation}) is corrupt"
         )
-    chain = list(snapshot.codecs or [])
-    processors = [name for name in chain if name.startswith(codecs.PROCESSOR_PREFIX)]
-    payload = codecs.decode(chain[len(processors) :], data, label=label)
+    if failure is not None:
+        raise failure
     if snapshot.format == compat.FORMAT:
-        return compat.decode(model, payload, processors)
-    if processors:
-        raise RestoreError(f"{label}: processors recorded on a {snapshot.format!r} snapshot")
-    return payload
+        image = compat.decode(model, Path(path).read_bytes(), processors)
+        Path(path).write_bytes(image)
+
+
+def _stored_chunks(label: str, snapshot: Any) -> Iterator[bytes]:
+    """The snapshot's chunks in order, each fetched by its own query (one in memory)."""
+    from .models import PersistentStorage, SnapshotChunk
+
+    alias = storage_alias()
+    chunks = SnapshotChunk.objects.using(alias).filter(snapshot_id=snapshot.pk)
+    found = chunks.count()
+    if found != snapshot.chunk_count:
+        if not PersistentStorage.objects.using(alias).filter(pk=snapshot.pk).exists():
+            raise _Replaced
+        raise RestoreError(
+            f"{label}: the stored snapshot (generation {snapshot.generation}) is truncated: "
+            f"it has {found} of its {snapshot.chunk_count} chunks"
+        )
+    for number in range(snapshot.chunk_count):
+        data = chunks.filter(number=number).values_list("data", flat=True).first()
+        if data is None:
+            if not PersistentStorage.objects.using(alias).filter(pk=snapshot.pk).exists():
+                raise _Replaced
+            raise RestoreError(
+                f"{label}: the stored snapshot (generation {snapshot.generation}) is "
+                f"missing chunk {number} of {snapshot.chunk_count}"
+            )
+        yield bytes(data)
 
 
 def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
@@ -184,7 +251,7 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
         plans = []
         for number, job in enumerate(jobs):
             schema = f"{SNAP_SCHEMA}{number}"
-            conn.execute(f"ATTACH DATABASE ':memory:' AS {schema}")
+            conn.execute(f"ATTACH DATABASE ? AS {schema}", (Path(job.path).as_uri() + "?mode=ro",))
             attached.append(schema)
             plans.append((job, schema, _plan(conn, job, schema)))
 
@@ -234,11 +301,10 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
 def _plan(
     conn: sqlite3.Connection, job: _Job, schema: str
 ) -> tuple[list[str], list[str], list[Any]]:
-    """Attach the job's image as ``schema`` and map its columns onto the model's."""
+    """Map the columns of the job's image, attached as ``schema``, onto the model's."""
     label = job.model._meta.label
     table = job.model._meta.db_table
     try:
-        conn.deserialize(job.image, name=schema)
         kind = conn.execute(
             f"SELECT type FROM {schema}.sqlite_master WHERE name = ?", (table,)
         ).fetchone()
@@ -246,8 +312,51 @@ def _plan(
         raise RestoreError(f"{label}: the snapshot is not a readable table image ({exc})") from exc
     if kind is None or kind[0] != "table":
         raise RestoreError(f"{label}: the snapshot holds no table {table!r}")
-    stored = [r[1] for r in conn.execute(f"PRAGMA {schema}.table_info({store.quote(table)})")]
-    return _column_mapping(job.model, stored)
+    info = conn.execute(f"PRAGMA {schema}.table_info({store.quote(table)})").fetchall()
+    _check_types(job.model, {row[1]: row[2] for row in info})
+    return _column_mapping(job.model, [row[1] for row in info])
+
+
+def _family(declared: str) -> str:
+    """What kind of value a column of this declared type holds, by SQLite's affinity rules.
+
+    INTEGER, REAL and NUMERIC affinity are one family: numbers move between them
+    unchanged. A snapshot's columns carry affinity names ("INT", "TEXT", "NUM", "REAL",
+    "" for BLOB), as ``CREATE TABLE ... AS SELECT`` gives them; an untyped column says
+    nothing, so it is not compared.
+    """
+    t = declared.upper()
+    if "INT" in t:
+        return "number"
+    if "CHAR" in t or "CLOB" in t or "TEXT" in t:
+        return "text"
+    if "BLOB" in t or not t:
+        return "binary"
+    return "number"
+
+
+def _check_types(model: ModelType, stored: dict[str, str]) -> None:
+    """Refuse a snapshot whose columns changed kind, the primary key's above all.
+
+    SQLite would accept text into an integer column and the reverse, so without this a
+    primary key changed from integers to UUIDs would load as rows Django cannot read.
+    """
+    connection = connections[memdb_settings.ALIAS]
+    changed = []
+    for f in model._meta.local_concrete_fields:
+        if not stored.get(f.column):
+            continue  # not stored, or stored untyped (a 0.0.6 JSON snapshot's table)
+        now = _family(f.db_type(connection) or "")
+        before = _family(stored[f.column])
+        if now != before:
+            what = "primary key" if f.primary_key else "field"
+            changed.append(f"{what} {f.name!r} held {before} values and now holds {now} values")
+    if changed:
+        raise RestoreError(
+            f"{model._meta.label}: the model changed since the snapshot: {'; '.join(changed)}. "
+            f"The snapshot is kept; restore it with the old field type and convert the data "
+            f"with a migration of your own, or discard it"
+        )
 
 
 def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], list[str], list[Any]]:
@@ -285,7 +394,11 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
 
 
 def restore_at_start(state: store.StoreState) -> None:
-    """Restore every stored snapshot; failures are logged and do not stop the others."""
+    """Restore every stored snapshot; failures are logged and do not stop the others.
+
+    A snapshot no persistent model claims (its app was removed) is left alone and
+    named in a warning, once per process.
+    """
     try:
         models = persistent_models()
         stored = _stored_labels()
@@ -294,6 +407,16 @@ def restore_at_start(state: store.StoreState) -> None:
             "memdb: cannot read PersistentStorage (%s); nothing was restored. Run migrate.", exc
         )
         return
+    known = {model._meta.label for model in models}
+    for label in sorted(stored - known):
+        store.logger.warning(
+            "memdb: a stored snapshot of %s is not restored: no persistent memory model "
+            "is called that (was it removed?). It is kept; discard it with "
+            "`manage.py memdb_discard %s` or memdb.api.discard(%r) once it is not needed",
+            label,
+            label,
+            label,
+        )
     for model in models:
         if model._meta.label not in stored:
             state.table(model._meta.label).generation = 0

@@ -1,30 +1,37 @@
 """Spool: one memory table into one ``PersistentStorage`` snapshot.
 
 The snapshot is a SQLite database image holding one table, copied by SQLite itself in
-a single read transaction (a consistent point-in-time read) from a private connection,
-so it holds committed rows only and the stored values are exactly what SQLite holds:
-every Django field type round-trips unchanged. The image then runs through the codec
-chain and is written in one transaction on the default database that inserts the next
-generation and deletes the previous one for this table only.
+a single read transaction (a consistent point-in-time read) from a private connection
+into a scratch file, so it holds committed rows only and the stored values are exactly
+what SQLite holds: every Django field type round-trips unchanged. The image is then
+read back in chunks of ``CHUNK_SIZE`` bytes; each chunk runs through the codec chain on
+its own and becomes one ``SnapshotChunk`` row. One transaction on the default database
+inserts the next generation with all its chunks and deletes the previous one for this
+table only, so a crash at any point leaves the last complete snapshot. Memory use is
+about one chunk, whatever the table's size.
 """
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import io
 import os
 import socket
 import sqlite3
+import tempfile
 import time
+from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import Any
+from typing import IO, Any
 
-from django.db import IntegrityError, connections, router, transaction
+from django.db import DatabaseError, IntegrityError, connections, router, transaction
 from django.utils import timezone
 
 from . import codecs, compat, signals, store
 from .conf import memdb_settings
 from .exceptions import ConflictError, MemdbError, ProtectedTableError, SpoolError
-from .models import PersistentStorage
+from .models import PersistentStorage, SnapshotChunk
 from .registry import ModelType, model_name_of, persistent_models, policy_of
 
 SNAPSHOT_FORMAT = "sqlite-table"
@@ -41,6 +48,8 @@ class SpoolResult:
     generation: int
     #: True when nothing changed since the stored snapshot, so none was written.
     unchanged: bool = False
+    #: How many ``SnapshotChunk`` rows hold it.
+    chunks: int = 0
 
 
 def storage_alias() -> str:
@@ -75,18 +84,77 @@ def writer_id() -> str:
 COPY_CHUNK = 20_000
 
 
-def read_image(conn: sqlite3.Connection, table: str) -> tuple[int, int, bytes]:
-    """``(seq, rows, image)``: the table as of one instant, as a one-table SQLite image.
+SCRATCH_PREFIX = "memdb-scratch-"
+
+
+@contextlib.contextmanager
+def scratch_file(purpose: str) -> Iterator[str]:
+    """The path of a new empty file in ``TEMP_DIR``, deleted afterwards.
+
+    Its name carries this process's pid, so the files of a process killed mid-spool are
+    found and deleted by the next process that starts (``remove_stale_scratch_files``).
+    """
+    fd, path = tempfile.mkstemp(
+        prefix=f"{SCRATCH_PREFIX}{os.getpid()}-{purpose}-",
+        suffix=".sqlite3",
+        dir=memdb_settings.TEMP_DIR,
+    )
+    os.close(fd)
+    try:
+        yield path
+    finally:
+        for leftover in (path, f"{path}-journal"):
+            with contextlib.suppress(FileNotFoundError):
+                os.unlink(leftover)
+
+
+def remove_stale_scratch_files() -> int:
+    """Delete the scratch files of processes that no longer run; return how many."""
+    directory = memdb_settings.TEMP_DIR or tempfile.gettempdir()
+    removed = 0
+    try:
+        names = os.listdir(directory)
+    except OSError:
+        return 0
+    for name in names:
+        if not name.startswith(SCRATCH_PREFIX):
+            continue
+        pid = name[len(SCRATCH_PREFIX) :].split("-", 1)[0]
+        if not pid.isdigit() or _running(int(pid)):
+            continue
+        with contextlib.suppress(OSError):
+            os.unlink(os.path.join(directory, name))
+            removed += 1
+    return removed
+
+
+def _running(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:
+        return True  # it exists but belongs to someone else
+    return True
+
+
+def read_image(conn: sqlite3.Connection, table: str, path: str) -> tuple[int, int]:
+    """``(seq, rows)``: write the table as of one instant into ``path``, a SQLite file.
 
     ``seq`` is read just before the copy: a write between the two makes the snapshot
     newer than ``seq`` says, so the table is spooled once more, never once too few.
     The copy runs in one read transaction, which keeps writers of this table out until
-    it ends, so the image is a consistent point-in-time read.
+    it ends, so the image is a consistent point-in-time read. The scratch file needs no
+    journal: a crash leaves nothing to recover there.
     """
     q = store.quote(table)
     seq = store.read_seq(conn, table)
-    conn.execute(f"ATTACH DATABASE ':memory:' AS {SNAP_SCHEMA}")
+    conn.execute(f"ATTACH DATABASE ? AS {SNAP_SCHEMA}", (path,))
     try:
+        conn.execute(f"PRAGMA {SNAP_SCHEMA}.journal_mode = OFF")
+        conn.execute(f"PRAGMA {SNAP_SCHEMA}.synchronous = OFF")
 
         def copy() -> int:
             conn.execute(f"DROP TABLE IF EXISTS {SNAP_SCHEMA}.{q}")
@@ -110,9 +178,16 @@ def read_image(conn: sqlite3.Connection, table: str) -> tuple[int, int, bytes]:
                 last, rows = batch[1], rows + batch[0]
 
         rows = store.run_locked_transaction(conn, copy, immediate=False)
-        return seq, rows, conn.serialize(name=SNAP_SCHEMA)
+        return seq, rows
     finally:
         conn.execute(f"DETACH DATABASE {SNAP_SCHEMA}")
+
+
+def encoded_chunks(stream: IO[bytes], chain: tuple[str, ...], label: str) -> Iterator[bytes]:
+    """``stream`` in pieces of ``CHUNK_SIZE`` bytes, each run through ``chain`` on its own."""
+    size = memdb_settings.CHUNK_SIZE
+    while piece := stream.read(size):
+        yield codecs.encode(chain, piece, label=label)
 
 
 def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
@@ -137,17 +212,20 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
                 return unchanged
         signals.pre_spool.send(sender=model, label=label)
         try:
-            with store.raw_connection(state.name) as conn:
+            with contextlib.ExitStack() as stack:
+                conn = stack.enter_context(store.raw_connection(state.name))
+                stream: IO[bytes]
                 if compat.hooks_connected():
                     seq, rows, payload, processors = compat.encode(model, conn)
-                    fmt = compat.FORMAT
+                    stream, fmt = io.BytesIO(payload), compat.FORMAT
                 else:
-                    seq, rows, payload = read_image(conn, model._meta.db_table)
+                    path = stack.enter_context(scratch_file("spool"))
+                    seq, rows = read_image(conn, model._meta.db_table, path)
+                    stream = stack.enter_context(open(path, "rb"))
                     processors, fmt = [], SNAPSHOT_FORMAT
-                data = codecs.encode(chain, payload, label=label)
-                generation = write_snapshot(
+                generation, size, chunks = write_snapshot(
                     model,
-                    data=data,
+                    chunks=encoded_chunks(stream, chain, label),
                     rows=rows,
                     chain=(*processors, *chain),
                     fmt=fmt,
@@ -164,9 +242,10 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
         result = SpoolResult(
             label=label,
             rows=rows,
-            bytes=len(data),
+            bytes=size,
             milliseconds=round((time.perf_counter() - started) * 1000, 3),
             generation=generation,
+            chunks=chunks,
         )
     signals.post_spool.send(sender=model, label=label, result=result)
     return result
@@ -189,7 +268,7 @@ def _unchanged(
             return None
     stored = (
         stored_snapshots(model)
-        .values("generation", "row_count", "size", "codecs", "key_ids", "format")
+        .values("generation", "row_count", "size", "codecs", "key_ids", "format", "chunk_count")
         .first()
     )
     if stored is None or stored["generation"] != table_state.generation:
@@ -210,23 +289,29 @@ def _unchanged(
         milliseconds=0.0,
         generation=stored["generation"],
         unchanged=True,
+        chunks=stored["chunk_count"],
     )
 
 
 def write_snapshot(
     model: ModelType,
     *,
-    data: bytes,
+    chunks: Iterable[bytes],
     rows: int,
     chain: tuple[str, ...],
     fmt: str,
     expected: int | None,
     force: bool,
-) -> int:
-    """Store the next generation and drop the previous one, in one transaction."""
+) -> tuple[int, int, int]:
+    """Store the next generation and drop the previous one, in one transaction.
+
+    Returns ``(generation, bytes stored, chunks stored)``. ``chunks`` is consumed inside
+    the transaction, one at a time, so only one chunk is in memory at once.
+    """
     label = model._meta.label
     alias = storage_alias()
     now = timezone.now()
+    me = writer_id()
     try:
         with transaction.atomic(using=alias):
             existing = stored_snapshots(model)
@@ -236,23 +321,10 @@ def write_snapshot(
                 .values("pk", "generation", "created_at", "written_by", "updated_at")
                 .first()
             )
-            if current is not None and not force:
-                if expected is None:
-                    raise ConflictError(
-                        f"{label} has a stored snapshot (generation {current['generation']}) "
-                        f"that this process has not restored; restore it, discard it, or "
-                        f"spool with force to overwrite it"
-                    )
-                if current["generation"] != expected:
-                    raise ConflictError(
-                        f"{label}: the stored snapshot is generation {current['generation']}, "
-                        f"written by {current['written_by'] or 'unknown'} at "
-                        f"{current['updated_at']:%Y-%m-%d %H:%M:%S}, but this process last "
-                        f"saw generation {expected}: another process writes this table too. "
-                        f"Restore to take its data, or spool with force to overwrite it"
-                    )
+            if current is not None:
+                _check_generation(label, current, expected, force, me)
             generation = (current["generation"] if current else 0) + 1
-            new = PersistentStorage.objects.using(alias).create(
+            header = PersistentStorage.objects.using(alias).create(
                 app_label=model._meta.app_label,
                 model_name=model_name_of(model),
                 kind=PersistentStorage.KIND_SNAPSHOT,
@@ -261,21 +333,82 @@ def write_snapshot(
                 codecs=list(chain),
                 key_ids=codecs.key_ids(chain, label=label),
                 row_count=rows,
-                size=len(data),
-                checksum=hashlib.sha256(data).hexdigest(),
+                size=0,
+                checksum="",
+                chunk_count=0,
                 generation=generation,
-                written_by=writer_id(),
+                written_by=me,
                 created_at=current["created_at"] if current else now,
                 updated_at=now,
-                data=data,
             )
-            existing.exclude(pk=new.pk).delete()
+            digest, size, count = hashlib.sha256(), 0, 0
+            for number, data in enumerate(chunks):
+                SnapshotChunk.objects.using(alias).create(snapshot=header, number=number, data=data)
+                digest.update(data)
+                size, count = size + len(data), count + 1
+            PersistentStorage.objects.using(alias).filter(pk=header.pk).update(
+                size=size, checksum=digest.hexdigest(), chunk_count=count
+            )
+            old = existing.exclude(pk=header.pk)
+            SnapshotChunk.objects.using(alias).filter(snapshot__in=old).delete()
+            old.delete()
     except IntegrityError as exc:
         raise ConflictError(
             f"{label}: another process stored a snapshot at the same time ({exc}); "
             f"restore to take its data, or spool again"
         ) from exc
-    return generation
+    except DatabaseError as exc:
+        raise SpoolError(
+            f"{label} was not spooled: the default database refused the snapshot "
+            f"({store.describe(exc)}); a server packet limit (MariaDB max_allowed_packet) "
+            f"calls for a smaller MEMDB['CHUNK_SIZE']"
+            if _packet_too_large(exc)
+            else f"{label} was not spooled: {store.describe(exc)}"
+        ) from exc
+    return generation, size, count
+
+
+def _check_generation(
+    label: str, current: dict[str, Any], expected: int | None, force: bool, me: str
+) -> None:
+    """Refuse to replace a snapshot this process has not seen, unless ``force``.
+
+    Both outcomes are logged with who wrote the stored snapshot, so the logs of two
+    processes that fought over one table say which one won.
+    """
+    winner = current["written_by"] or "unknown"
+    stored = current["generation"]
+    if expected == stored:
+        return
+    if force:
+        store.logger.warning(
+            "memdb: %s: %s overwrote generation %s written by %s (force)",
+            label,
+            me,
+            stored,
+            winner,
+        )
+        return
+    if expected is None:
+        message = (
+            f"{label} has a stored snapshot (generation {stored}, written by {winner}) that "
+            f"this process ({me}) has not restored; restore it, discard it, or spool with "
+            f"force to overwrite it"
+        )
+    else:
+        message = (
+            f"{label}: the stored snapshot is generation {stored}, written by {winner} at "
+            f"{current['updated_at']:%Y-%m-%d %H:%M:%S}, but this process ({me}) last saw "
+            f"generation {expected}: another process writes this table too, and its "
+            f"snapshot stays. Restore to take its data, or spool with force to overwrite it"
+        )
+    store.logger.warning("memdb: conflict: %s", message)
+    raise ConflictError(message)
+
+
+def _packet_too_large(exc: BaseException) -> bool:
+    text = str(exc).lower()
+    return "max_allowed_packet" in text or "packet" in text and "too large" in text
 
 
 def flush(

@@ -182,6 +182,9 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
         state.booting = threading.current_thread()
         try:
             create_schema(wrapper)
+            from .spooler import remove_stale_scratch_files
+
+            remove_stale_scratch_files()
             if memdb_settings.RESTORE_ON_START:
                 from .restore import restore_at_start
 

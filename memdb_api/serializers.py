@@ -117,6 +117,7 @@ class SpoolResultSerializer(serializers.Serializer):
     unchanged = serializers.BooleanField(
         help_text="Nothing changed since the stored snapshot, so none was written."
     )
+    chunks = serializers.IntegerField(help_text="How many stored chunks hold the snapshot.")
 
 
 class RestoreResultSerializer(serializers.Serializer):
@@ -144,6 +145,11 @@ class SnapshotSerializer(serializers.Serializer):
     generation = serializers.IntegerField()
     written_by = serializers.CharField()
     updated = serializers.DateTimeField()
+    chunks = serializers.IntegerField(help_text="How many stored chunks hold it.")
+    orphaned = serializers.BooleanField(
+        help_text="No persistent model claims it any more (its app or model was removed); "
+        "it is never restored and stays until discarded."
+    )
 
 
 class StorageTotalsSerializer(serializers.Serializer):

@@ -277,6 +277,7 @@ class SpoolView(MemdbAPIView):
                             "milliseconds": 3.2,
                             "generation": 5,
                             "unchanged": False,
+                            "chunks": 1,
                         }
                     ]
                 },
@@ -354,6 +355,8 @@ class StorageView(MemdbAPIView):
                             "generation": 4,
                             "written_by": "web-1:4242",
                             "updated": "2026-11-27T03:15:32.123456Z",
+                            "chunks": 1,
+                            "orphaned": False,
                         }
                     ],
                     "totals": {"snapshots": 1, "rows": 3, "bytes": 8192},

@@ -1,12 +1,23 @@
-"""Small readers shared by the test modules."""
+"""Small readers (and writers) of stored snapshots shared by the test modules.
+
+A snapshot's bytes live in its ``SnapshotChunk`` rows (``number`` 0, 1, ...); the codec
+chain ran on each chunk by itself. Tests that damage or hand-make a snapshot go
+through ``replace_data`` and ``create_stored`` so they need not know the layout.
+"""
 
 from __future__ import annotations
 
+import hashlib
+from collections.abc import Sequence
 from typing import Any
 
-from memdb import api
-from memdb.models import PersistentStorage
+from django.db import transaction
+
+from memdb import api, codecs
+from memdb.models import PersistentStorage, SnapshotChunk
 from tests.testapp.models import Score
+
+SnapshotOrModel = PersistentStorage | type
 
 
 def stored(model: type) -> PersistentStorage:
@@ -16,10 +27,103 @@ def stored(model: type) -> PersistentStorage:
     )
 
 
+def _chunk_rows(snapshot_or_model: SnapshotOrModel) -> list[tuple[int, int, Any]]:
+    """``(pk, number, data)`` of the chunks, in order, read by one query (so a spool that
+    replaces the snapshot meanwhile cannot give half of one and half of the other)."""
+    chunks = SnapshotChunk.objects.all()
+    if isinstance(snapshot_or_model, PersistentStorage):
+        chunks = chunks.filter(snapshot_id=snapshot_or_model.pk)
+    else:
+        chunks = chunks.filter(
+            snapshot__app_label=snapshot_or_model._meta.app_label,
+            snapshot__model_name=snapshot_or_model._meta.object_name,
+        )
+    return list(chunks.order_by("number").values_list("pk", "number", "data"))
+
+
+def stored_chunks(snapshot_or_model: SnapshotOrModel) -> list[bytes]:
+    """The stored bytes of each chunk, in order."""
+    return [bytes(data) for _, _, data in _chunk_rows(snapshot_or_model)]
+
+
+def stored_data(snapshot_or_model: SnapshotOrModel) -> bytes:
+    """All the stored bytes of a snapshot: its chunks joined in order."""
+    return b"".join(stored_chunks(snapshot_or_model))
+
+
+def decoded_image(snapshot_or_model: SnapshotOrModel) -> bytes:
+    """The snapshot's plain bytes: its codec chain undone chunk by chunk, as a restore
+    would (byte codecs only, no 0.0.6 processors)."""
+    snapshot = (
+        snapshot_or_model
+        if isinstance(snapshot_or_model, PersistentStorage)
+        else stored(snapshot_or_model)
+    )
+    return b"".join(
+        codecs.decode(snapshot.codecs, chunk, label=snapshot.label)
+        for chunk in stored_chunks(snapshot)
+    )
+
+
+def replace_data(
+    snapshot_or_model: SnapshotOrModel, data: bytes, *, fix_checksum: bool = False
+) -> None:
+    """Replace the snapshot's chunks by one chunk holding ``data`` (``chunk_count`` = 1).
+
+    ``size`` and ``checksum`` are left as they were (so damaged bytes fail the checksum)
+    unless ``fix_checksum``, which makes them agree with ``data``.
+    """
+    pk = (
+        snapshot_or_model.pk
+        if isinstance(snapshot_or_model, PersistentStorage)
+        else stored(snapshot_or_model).pk
+    )
+    fields: dict[str, Any] = {"chunk_count": 1}
+    if fix_checksum:
+        fields.update(size=len(data), checksum=hashlib.sha256(data).hexdigest())
+    with transaction.atomic():
+        SnapshotChunk.objects.filter(snapshot_id=pk).delete()
+        SnapshotChunk.objects.create(snapshot_id=pk, number=0, data=data)
+        PersistentStorage.objects.filter(pk=pk).update(**fields)
+
+
+def create_stored(*, data: bytes | Sequence[bytes], **fields: Any) -> PersistentStorage:
+    """Hand-create a stored snapshot row and its chunk(s), as a spool would store them.
+
+    ``data`` is the one chunk's bytes, or a list of chunks. ``size``, ``checksum`` and
+    ``chunk_count`` default to what the chunks say; pass them to store an inconsistent
+    row. Every other field of ``PersistentStorage`` is passed through.
+    """
+    chunks = [data] if isinstance(data, (bytes, bytearray, memoryview)) else list(data)
+    joined = b"".join(bytes(c) for c in chunks)
+    fields.setdefault("size", len(joined))
+    fields.setdefault("checksum", hashlib.sha256(joined).hexdigest())
+    fields.setdefault("chunk_count", len(chunks))
+    with transaction.atomic():
+        row = PersistentStorage.objects.create(**fields)
+        SnapshotChunk.objects.bulk_create(
+            SnapshotChunk(snapshot=row, number=number, data=bytes(chunk))
+            for number, chunk in enumerate(chunks)
+        )
+    return row
+
+
 def fingerprint(model: type) -> tuple[Any, ...]:
-    """Everything of a stored snapshot a failed restore must leave as it was."""
+    """Everything of a stored snapshot a failed restore must leave as it was, its chunk
+    rows (ids, numbers, bytes) included."""
     s = stored(model)
-    return (s.pk, bytes(s.data), s.checksum, s.size, s.generation, s.codecs, s.format)
+    chunks = tuple((pk, number, bytes(data)) for pk, number, data in _chunk_rows(s))
+    return (
+        s.pk,
+        chunks,
+        s.chunk_count,
+        s.checksum,
+        s.size,
+        s.generation,
+        s.codecs,
+        s.format,
+        s.updated_at,
+    )
 
 
 def info(label: str) -> api.TableInfo:

@@ -21,8 +21,9 @@ from django.utils import timezone
 
 from memdb import api
 from memdb.exceptions import MemdbError
-from memdb.models import PersistentStorage
+from memdb.models import PersistentStorage, SnapshotChunk
 from memdb.registry import label_of, memory_models
+from tests.helpers import create_stored, replace_data, stored_data
 from tests.testapp.models import Hit, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -59,15 +60,15 @@ def stored(model: type) -> PersistentStorage:
 def corrupt(model: type) -> None:
     """Flip one byte of the stored snapshot, so its checksum no longer matches."""
     snapshot = stored(model)
-    damaged = bytearray(bytes(snapshot.data))
+    damaged = bytearray(stored_data(snapshot))
     damaged[len(damaged) // 2] ^= 0xFF
-    PersistentStorage.objects.filter(pk=snapshot.pk).update(data=bytes(damaged))
+    replace_data(snapshot, bytes(damaged))
 
 
 def fake_snapshot(model: type, nbytes: int) -> PersistentStorage:
     """A storage row of a chosen size (its data is not a real snapshot)."""
     now = timezone.now()
-    return PersistentStorage.objects.create(
+    return create_stored(
         app_label=model._meta.app_label,
         model_name=model._meta.object_name,
         format="sqlite",
@@ -215,6 +216,7 @@ def test_storage_change_page_shows_no_data_and_saves_nothing(admin: Client) -> N
     Score.objects.create(player="a", points=1)
     api.spool("testapp.Score")
     before = stored(Score)
+    data = stored_data(before)
     url = f"{STORAGE}{before.pk}/change/"
 
     page = admin.get(url)
@@ -252,7 +254,7 @@ def test_storage_change_page_shows_no_data_and_saves_nothing(admin: Client) -> N
         before.size,
         before.checksum,
     )
-    assert bytes(after.data) == bytes(before.data)
+    assert stored_data(after) == data
     assert after.updated_at == before.updated_at
     Score.objects.all().delete()
     api.restore("testapp.Score")
@@ -444,7 +446,7 @@ def test_model_admin_restore_of_a_corrupt_snapshot_then_spool_is_refused(
     score = Score.objects.create(player="a", points=1)
     api.spool("testapp.Score")
     corrupt(Score)
-    damaged = bytes(stored(Score).data)
+    damaged = stored_data(Score)
 
     restore = action(admin, SCORES, "memdb_restore", [score.pk])
 
@@ -460,7 +462,7 @@ def test_model_admin_restore_of_a_corrupt_snapshot_then_spool_is_refused(
     assert level == "error"
     assert message.startswith("Not spooled: ")
     assert "testapp.Score" in message and "failed to restore" in message
-    assert bytes(stored(Score).data) == damaged, "the protected snapshot is kept"
+    assert stored_data(Score) == damaged, "the protected snapshot is kept"
 
 
 def test_model_admin_spool_of_a_memory_only_table_says_why(admin: Client) -> None:
@@ -738,11 +740,13 @@ def test_the_app_index_links_to_memory_tables(admin: Client) -> None:
     assert "Memory tables" in viewer.get("/admin/").content.decode()
 
 
-def test_a_snapshot_of_a_model_that_is_gone_is_reported_not_discarded(admin: Client) -> None:
-    """A snapshot whose model was removed from the code: discard names it and keeps it
-    (``memdb.api.discard`` only knows current memory models)."""
+def test_a_snapshot_of_a_model_that_is_gone_is_marked_and_can_be_discarded(
+    admin: Client,
+) -> None:
+    """A snapshot whose model was removed from the code (an orphan): the list marks it
+    in the "model" column and "Discard selected snapshots" deletes it and its chunks."""
     now = timezone.now()
-    orphan = PersistentStorage.objects.create(
+    orphan = create_stored(
         app_label="testapp",
         model_name="Gone",
         format="sqlite",
@@ -756,6 +760,10 @@ def test_a_snapshot_of_a_model_that_is_gone_is_reported_not_discarded(admin: Cli
         data=b"x",
     )
 
+    listing = admin.get(STORAGE)
+    html = listing.content.decode()
+    assert "testapp.Gone" in html and 'alt="False"' in html
+
     done = admin.post(
         STORAGE,
         {"action": "discard_selected", ACTION_CHECKBOX_NAME: [str(orphan.pk)], "post": "yes"},
@@ -763,9 +771,10 @@ def test_a_snapshot_of_a_model_that_is_gone_is_reported_not_discarded(admin: Cli
     )
 
     ((level, message),) = messages_of(done)
-    assert level == "error"
-    assert message.startswith("Not discarded: ") and "testapp.Gone" in message
-    assert PersistentStorage.objects.filter(pk=orphan.pk).exists()
+    assert level == "success", message
+    assert "testapp.Gone" in message
+    assert not PersistentStorage.objects.filter(pk=orphan.pk).exists()
+    assert not SnapshotChunk.objects.filter(snapshot_id=orphan.pk).exists()
 
 
 def test_memory_tables_page_reports_when_it_cannot_list(

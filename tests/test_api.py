@@ -25,6 +25,7 @@ from memdb.exceptions import (
 from memdb.models import PersistentStorage
 from memdb.restore import SchemaDriftWarning
 from memdb.spooler import FORMAT_VERSION, SNAPSHOT_FORMAT
+from tests.helpers import create_stored, replace_data, stored_chunks, stored_data
 from tests.testapp.models import AllTypes, CommitScore, Hit, Legacy, Player, Score, Team
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -57,13 +58,15 @@ def test_spool_returns_rows_bytes_and_generation() -> None:
     snapshot = stored(Score)
     assert result.label == "testapp.Score"
     assert result.rows == 25 == snapshot.row_count
-    assert result.bytes == snapshot.size == len(snapshot.data) > 0
+    data = stored_data(snapshot)
+    assert result.bytes == snapshot.size == len(data) > 0
+    assert result.chunks == snapshot.chunk_count == len(stored_chunks(snapshot)) == 1
     assert result.generation == snapshot.generation == 1
     assert result.milliseconds >= 0
     assert snapshot.format == SNAPSHOT_FORMAT and snapshot.format_version == FORMAT_VERSION
     assert snapshot.codecs == []
-    assert snapshot.checksum == hashlib.sha256(bytes(snapshot.data)).hexdigest()
-    assert bytes(snapshot.data).startswith(SQLITE_HEADER)
+    assert snapshot.checksum == hashlib.sha256(data).hexdigest()
+    assert data.startswith(SQLITE_HEADER)
     assert snapshot.created_at <= snapshot.updated_at <= timezone.now()
 
 
@@ -105,7 +108,7 @@ def test_deleting_every_row_of_one_model_does_not_touch_other_snapshots() -> Non
     Player.objects.create(team=team, name="ann")
     api.spool()
     others = {
-        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, bytes(row.data))
+        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, stored_data(row))
         for row in PersistentStorage.objects.exclude(model_name="Score")
     }
 
@@ -114,7 +117,7 @@ def test_deleting_every_row_of_one_model_does_not_touch_other_snapshots() -> Non
 
     assert result.rows == 0 and stored(Score).row_count == 0
     after = {
-        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, bytes(row.data))
+        (row.app_label, row.model_name): (row.pk, row.generation, row.checksum, stored_data(row))
         for row in PersistentStorage.objects.exclude(model_name="Score")
     }
     assert after == others
@@ -222,10 +225,10 @@ def test_restore_without_a_snapshot_is_an_error() -> None:
 def corrupt(model: type) -> bytes:
     """Flip one byte of the stored snapshot; return the original bytes."""
     snapshot = stored(model)
-    original = bytes(snapshot.data)
+    original = stored_data(snapshot)
     damaged = bytearray(original)
     damaged[len(damaged) // 2] ^= 0xFF
-    PersistentStorage.objects.filter(pk=snapshot.pk).update(data=bytes(damaged))
+    replace_data(snapshot, bytes(damaged))
     return original
 
 
@@ -234,14 +237,15 @@ def test_corrupt_snapshot_is_reported_left_alone_and_protected() -> None:
     api.spool("testapp.Score")
     original = corrupt(Score)
     damaged = stored(Score)
+    damaged_data = stored_data(damaged)
 
     with pytest.raises(RestoreError, match=r"testapp\.Score.*checksum"):
         api.restore("testapp.Score")
 
     after = stored(Score)
-    assert (after.pk, bytes(after.data), after.checksum, after.generation) == (
+    assert (after.pk, stored_data(after), after.checksum, after.generation) == (
         damaged.pk,
-        bytes(damaged.data),
+        damaged_data,
         damaged.checksum,
         damaged.generation,
     )
@@ -255,10 +259,10 @@ def test_corrupt_snapshot_is_reported_left_alone_and_protected() -> None:
         api.spool("testapp.Score")
     with pytest.raises(SpoolError):
         api.flush(raise_errors=True)
-    assert bytes(stored(Score).data) == bytes(damaged.data)
+    assert stored_data(Score) == damaged_data
 
     # Repaired storage restores, and the table spools again.
-    PersistentStorage.objects.filter(pk=after.pk).update(data=original)
+    replace_data(after, original)
     api.restore("testapp.Score")
     assert info("testapp.Score").restore_state == "ok"
     assert scores() == [("a", 1)]
@@ -431,15 +435,13 @@ def store_image(model: type, create_sql: str, rows: list[tuple[Any, ...]], inser
     data = conn.serialize()
     conn.close()
     now = timezone.now()
-    PersistentStorage.objects.create(
+    create_stored(
         app_label=model._meta.app_label,
         model_name=model._meta.object_name,
         format=SNAPSHOT_FORMAT,
         format_version=FORMAT_VERSION,
         codecs=[],
         row_count=len(rows),
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest(),
         generation=1,
         created_at=now,
         updated_at=now,
@@ -473,14 +475,12 @@ def test_drift_added_nullable_field_gets_null() -> None:
     api.spool("testapp.AllTypes")
     snapshot = stored(AllTypes)
     conn = sqlite3.connect(":memory:")
-    conn.deserialize(bytes(snapshot.data))
+    conn.deserialize(stored_data(snapshot))
     conn.execute(f'ALTER TABLE "{AllTypes._meta.db_table}" DROP COLUMN "nothing"')
     conn.commit()
     data = conn.serialize()
     conn.close()
-    PersistentStorage.objects.filter(pk=snapshot.pk).update(
-        data=data, size=len(data), checksum=hashlib.sha256(data).hexdigest()
-    )
+    replace_data(snapshot, data, fix_checksum=True)
     AllTypes.objects.all().delete()
 
     api.restore("testapp.AllTypes")
@@ -502,10 +502,10 @@ def test_drift_added_field_without_default_fails_naming_the_field() -> None:
         [(1, 5)],
         f'INSERT INTO "{table}" VALUES (?, ?)',
     )
-    snapshot = stored(Score)
+    data = stored_data(Score)
     with pytest.raises(RestoreError, match=r"testapp\.Score.*'player'"):
         api.restore("testapp.Score")
-    assert bytes(stored(Score).data) == bytes(snapshot.data)
+    assert stored_data(Score) == data
     assert info("testapp.Score").restore_state == "failed"
     assert Score.objects.count() == 0
 
@@ -536,8 +536,8 @@ def test_codec_chain_is_recorded_and_used(memdb_override: Override) -> None:
         (result,) = api.spool("testapp.Score")
         snapshot = stored(Score)
         assert snapshot.codecs == ["zlib"]
-        assert zlib.decompress(bytes(snapshot.data)).startswith(SQLITE_HEADER)
-        assert result.bytes == snapshot.size == len(snapshot.data)
+        assert zlib.decompress(stored_data(snapshot)).startswith(SQLITE_HEADER)
+        assert result.bytes == snapshot.size == len(stored_data(snapshot))
         assert info("testapp.Score").codecs == ("zlib",)
         Score.objects.all().delete()
         api.restore("testapp.Score")
@@ -549,7 +549,7 @@ def test_codec_chain_is_recorded_and_used(memdb_override: Override) -> None:
         assert scores() == before
         api.spool("testapp.Score")
         assert stored(Score).codecs == ["lzma"]
-        assert lzma.decompress(bytes(stored(Score).data)).startswith(SQLITE_HEADER)
+        assert lzma.decompress(stored_data(Score)).startswith(SQLITE_HEADER)
 
     Score.objects.all().delete()
     api.restore("testapp.Score")  # back to no codecs in settings
@@ -562,7 +562,7 @@ def test_codec_chain_applies_in_order(memdb_override: Override) -> None:
         api.spool("testapp.Score")
     snapshot = stored(Score)
     assert snapshot.codecs == ["zlib", "lzma"]
-    data = zlib.decompress(lzma.decompress(bytes(snapshot.data)))
+    data = zlib.decompress(lzma.decompress(stored_data(snapshot)))
     assert data.startswith(SQLITE_HEADER)
     Score.objects.all().delete()
     api.restore("testapp.Score")

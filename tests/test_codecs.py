@@ -33,11 +33,20 @@ from django.utils import timezone
 from memdb import api, codecs
 from memdb import checks as memdb_checks
 from memdb.exceptions import CodecError, RestoreError, SpoolError
-from memdb.models import PersistentStorage
+from memdb.models import PersistentStorage, SnapshotChunk
 from tests import codec_custom
-from tests.helpers import fingerprint, info, scores, stored
+from tests.children import child_env, read, run
+from tests.helpers import (
+    create_stored,
+    fingerprint,
+    info,
+    replace_data,
+    scores,
+    stored,
+    stored_chunks,
+    stored_data,
+)
 from tests.test_fields import ROWS, field_values
-from tests.test_restart import child_env, default_db, read, run  # noqa: F401
 from tests.testapp.models import AllTypes, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -54,12 +63,10 @@ def damage_keeping_checksum(model: type) -> None:
     """Flip a byte in the middle of the stored data and make checksum and size agree,
     so only the codec can notice."""
     snapshot = stored(model)
-    data = bytearray(bytes(snapshot.data))
+    assert snapshot.chunk_count == 1, "a small table is one chunk"
+    data = bytearray(stored_data(snapshot))
     data[len(data) // 2] ^= 0xFF
-    damaged = bytes(data)
-    PersistentStorage.objects.filter(pk=snapshot.pk).update(
-        data=damaged, size=len(damaged), checksum=hashlib.sha256(damaged).hexdigest()
-    )
+    replace_data(snapshot, bytes(data), fix_checksum=True)
 
 
 def unxor(data: bytes) -> bytes:
@@ -96,15 +103,18 @@ class CodecContract:
             yield
 
     def check_recorded(self, model: type) -> bytes:
-        """The chain is on the snapshot and in ``tables()``; returns the decoded image."""
+        """The chain is on the snapshot and in ``tables()``; returns the decoded image
+        (the chain runs on each chunk by itself, so each is undone by itself)."""
         snapshot = stored(model)
         assert snapshot.codecs == self.chain
         assert info(model._meta.label).codecs == tuple(self.chain)
-        data = bytes(snapshot.data)
+        chunks = stored_chunks(snapshot)
+        assert snapshot.chunk_count == len(chunks) >= 1
+        data = b"".join(chunks)
         assert snapshot.size == len(data)
         assert snapshot.checksum == hashlib.sha256(data).hexdigest()
         assert not data.startswith(SQLITE_HEADER), "the stored bytes are the plain image"
-        image = self.reference_decode(data)
+        image = b"".join(self.reference_decode(chunk) for chunk in chunks)
         assert image.startswith(SQLITE_HEADER)
         return image
 
@@ -141,7 +151,7 @@ class CodecContract:
         (result,) = api.spool("testapp.Score")
         assert result.rows == LARGE
         image = self.check_recorded(Score)
-        data = bytes(stored(Score).data)
+        data = stored_data(Score)
         assert data != image
         if self.compresses:
             assert len(data) * 2 < len(image), f"{len(data)} bytes from {len(image)}"
@@ -314,7 +324,9 @@ def test_fernet_without_keys_is_a_clear_error_on_restore_and_spool(
         Score.objects.create(player="b", points=2)
         with pytest.raises((CodecError, SpoolError), match=r"testapp\.Score.*'fernet'.*KEYS"):
             api.spool("testapp.Score")
-    assert not PersistentStorage.objects.exists(), "a failed spool stores nothing"
+    assert not PersistentStorage.objects.exists() and not SnapshotChunk.objects.exists(), (
+        "a failed spool stores nothing"
+    )
 
 
 def test_fernet_invalid_key_is_a_clear_error_that_does_not_show_it(
@@ -326,7 +338,7 @@ def test_fernet_invalid_key_is_a_clear_error_that_does_not_show_it(
         with pytest.raises((CodecError, SpoolError), match=r"testapp\.Score.*invalid key") as exc:
             api.spool("testapp.Score")
     assert bad not in str(exc.value)
-    assert not PersistentStorage.objects.exists()
+    assert not PersistentStorage.objects.exists() and not SnapshotChunk.objects.exists()
 
 
 def test_fernet_key_rotation_in_process(memdb_override: Override) -> None:
@@ -336,7 +348,7 @@ def test_fernet_key_rotation_in_process(memdb_override: Override) -> None:
     before = scores()
     with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_A]):
         api.spool("testapp.Score")
-    Fernet(KEY_A).decrypt(bytes(stored(Score).data))
+    Fernet(KEY_A).decrypt(stored_data(Score))
     Score.objects.all().delete()
 
     with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_B, KEY_A]):
@@ -345,7 +357,7 @@ def test_fernet_key_rotation_in_process(memdb_override: Override) -> None:
         (result,) = api.spool("testapp.Score")
     assert not result.unchanged and result.generation == 2
 
-    token = bytes(stored(Score).data)
+    token = stored_data(Score)
     assert Fernet(KEY_B).decrypt(token).startswith(SQLITE_HEADER)
     with pytest.raises(InvalidToken):
         Fernet(KEY_A).decrypt(token)
@@ -380,15 +392,13 @@ def store_json_snapshot(model: type, fields: dict[str, Any]) -> None:
     """One row stored as a ``django-json`` snapshot with no processors."""
     row = {"model": model._meta.label_lower, "pk": 1, "fields": fields}
     data = json.dumps([row]).encode()
-    PersistentStorage.objects.create(
+    create_stored(
         app_label=model._meta.app_label,
         model_name=model.__name__,
         format="django-json",
         format_version=1,
         codecs=[],
         row_count=1,
-        size=len(data),
-        checksum=hashlib.sha256(data).hexdigest(),
         generation=1,
         created_at=timezone.now(),
         updated_at=timezone.now(),
@@ -416,7 +426,7 @@ def test_fernet_without_cryptography_is_a_clear_error(
     with memdb_override(CODECS=["fernet"], FERNET_KEYS=[KEY_A]):
         with pytest.raises((CodecError, SpoolError), match=r"testapp\.Score.*cryptography"):
             api.spool("testapp.Score")
-    assert not PersistentStorage.objects.exists()
+    assert not PersistentStorage.objects.exists() and not SnapshotChunk.objects.exists()
 
 
 def test_a_model_chain_overrides_the_settings(
@@ -429,7 +439,7 @@ def test_a_model_chain_overrides_the_settings(
         api.spool("testapp.Score", "testapp.Legacy")
     assert stored(Score).codecs == ["lzma", "fernet"]
     assert stored(Legacy).codecs == ["zlib"]
-    image = lzma.decompress(Fernet(KEY_A).decrypt(bytes(stored(Score).data)))
+    image = lzma.decompress(Fernet(KEY_A).decrypt(stored_data(Score)))
     assert image.startswith(SQLITE_HEADER)
 
 
@@ -457,7 +467,7 @@ def test_unknown_import_path_in_settings_fails_the_spool_naming_it(
             (CodecError, SpoolError), match=r"testapp\.Score.*tests\.codec_custom\.NoSuchCodec"
         ):
             api.spool("testapp.Score")
-    assert not PersistentStorage.objects.exists()
+    assert not PersistentStorage.objects.exists() and not SnapshotChunk.objects.exists()
 
 
 def test_custom_codec_whose_decode_raises_is_named(memdb_override: Override) -> None:
@@ -658,7 +668,9 @@ os._exit(0)
 SNAPSHOT = """
 import base64
 s = PersistentStorage.objects.get(app_label="testapp", model_name="Score")
-report(codecs=s.codecs, generation=s.generation, data=base64.b64encode(bytes(s.data)).decode())
+data = b"".join(bytes(c.data) for c in s.chunks.order_by("number"))
+report(codecs=s.codecs, generation=s.generation, chunks=s.chunk_count,
+       data=base64.b64encode(data).decode())
 """
 
 
@@ -671,7 +683,7 @@ def stored_in_child(env: dict[str, str]) -> dict[str, Any]:
     return snapshot
 
 
-def test_key_rotation_across_restarts(default_db: str) -> None:  # noqa: F811
+def test_key_rotation_across_restarts(default_db: str) -> None:
     """Spool with key A; restart with [B, A]: restore works and the next spool encrypts
     with B; restart with [B] alone: restore works."""
     env_a = child_env(default_db, MEMDB_TEST_CODECS="fernet", MEMDB_TEST_FERNET_KEYS=KEY_A)
@@ -681,7 +693,7 @@ def test_key_rotation_across_restarts(default_db: str) -> None:  # noqa: F811
     written = run(WRITE, env_a, migrate=True)
     assert len(written["rows"]) == 200
     first = stored_in_child(env_a)
-    assert first["codecs"] == ["fernet"]
+    assert first["codecs"] == ["fernet"] and first["chunks"] == 1, "one chunk, one token"
     assert Fernet(KEY_A).decrypt(first["data"]).startswith(SQLITE_HEADER)
 
     rotated = run(SPOOL_AGAIN, env_ba)
@@ -689,7 +701,7 @@ def test_key_rotation_across_restarts(default_db: str) -> None:  # noqa: F811
     assert rotated["generation"] == written["generation"] + 1
     assert not rotated["unchanged"]
     second = stored_in_child(env_ba)
-    assert second["codecs"] == ["fernet"]
+    assert second["codecs"] == ["fernet"] and second["chunks"] == 1
     assert Fernet(KEY_B).decrypt(second["data"]).startswith(SQLITE_HEADER)
     with pytest.raises(InvalidToken):
         Fernet(KEY_A).decrypt(second["data"])

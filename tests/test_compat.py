@@ -27,18 +27,9 @@ import memdb
 from memdb import api, signals
 from memdb.exceptions import RestoreError, SpoolError
 from memdb.models import PersistentStorage
-from tests.helpers import fingerprint, info, scores, stored
+from tests.children import MIGRATE, PRELUDE, ROOT, TIMEOUT, check_quiet, child_env, last_json
+from tests.helpers import fingerprint, info, scores, stored, stored_data
 from tests.test_fields import ROWS, field_values
-from tests.test_restart import (  # noqa: F401
-    MIGRATE,
-    PRELUDE,
-    ROOT,
-    TIMEOUT,
-    check_quiet,
-    child_env,
-    default_db,
-    last_json,
-)
 from tests.testapp.models import AllTypes, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -177,8 +168,10 @@ import base64
 report(snapshots={
     f"{s.app_label}.{s.model_name}": {
         "format": s.format, "codecs": s.codecs, "checksum": s.checksum, "size": s.size,
-        "generation": s.generation, "row_count": s.row_count,
-        "data": base64.b64encode(bytes(s.data)).decode(),
+        "generation": s.generation, "row_count": s.row_count, "chunks": s.chunk_count,
+        "data": base64.b64encode(
+            b"".join(bytes(c.data) for c in s.chunks.order_by("number"))
+        ).decode(),
     }
     for s in PersistentStorage.objects.all()
 })
@@ -208,7 +201,7 @@ def snapshots(env: dict[str, str]) -> dict[str, Any]:
     return run_child(SNAPSHOTS, env)[0]["snapshots"]
 
 
-def test_the_0_0_6_hook_compresses_across_a_restart(default_db: str) -> None:  # noqa: F811
+def test_the_0_0_6_hook_compresses_across_a_restart(default_db: str) -> None:
     env = child_env(default_db)
     written, _ = run_child(WRITE, env, migrate=True)
     assert len(written["alltypes"]) == len(ROWS)
@@ -217,6 +210,7 @@ def test_the_0_0_6_hook_compresses_across_a_restart(default_db: str) -> None:  #
     snap = stored_now["testapp.AllTypes"]
     assert snap["format"] == "django-json"
     assert snap["codecs"] == [HOOK]
+    assert snap["chunks"] == 1
     data = base64.b64decode(snap["data"])
     assert snap["checksum"] == hashlib.sha256(data).hexdigest() and snap["size"] == len(data)
     rows = json.loads(zlib.decompress(data).decode("utf-8"))
@@ -236,7 +230,7 @@ def test_the_0_0_6_hook_compresses_across_a_restart(default_db: str) -> None:  #
 
 
 def test_without_the_hook_its_table_fails_and_the_app_still_starts(
-    default_db: str,  # noqa: F811
+    default_db: str,
 ) -> None:
     env = child_env(default_db)
     written, _ = run_child(WRITE, env, migrate=True)
@@ -283,7 +277,7 @@ def test_the_0_0_6_hook_in_process(hook_006: Any) -> None:
     assert result.rows == len(ROWS)
     snapshot = stored(AllTypes)
     assert (snapshot.format, snapshot.codecs, snapshot.row_count) == ("django-json", [HOOK], 3)
-    assert len(json.loads(zlib.decompress(bytes(snapshot.data)))) == 3
+    assert len(json.loads(zlib.decompress(stored_data(snapshot)))) == 3
     AllTypes.objects.all().delete()
 
     api.restore("testapp.AllTypes")
@@ -306,7 +300,7 @@ def test_receivers_get_the_0_0_6_arguments() -> None:
 
     with connected(receiver):
         api.spool("testapp.Score")
-        stored_data = bytes(stored(Score).data)
+        data_stored = stored_data(Score)
         Score.objects.all().delete()
         api.restore("testapp.Score")
 
@@ -335,7 +329,7 @@ def test_receivers_get_the_0_0_6_arguments() -> None:
     assert encoded["processors"] == [record]
     assert decoded["process"] == settings.MEMDB_PROCESS_DECODE
     assert isinstance(decoded["data"], bytes), "on decode the data starts as the stored bytes"
-    assert decoded["data"] == stored_data
+    assert decoded["data"] == data_stored
     assert json.loads(decoded["data"]) == data
 
 
@@ -351,7 +345,7 @@ def test_process_values_come_from_the_settings(hook_006: Any) -> None:
     assert scores() == before
     assert [process for _, process, _ in CALLS] == ["ENC", "DEC"]
     assert stored(Score).codecs == [HOOK, "processor:tests.test_compat.record"]
-    json.loads(zlib.decompress(bytes(stored(Score).data)))
+    json.loads(zlib.decompress(stored_data(Score)))
 
 
 def test_processors_run_in_the_order_appended() -> None:
@@ -436,9 +430,9 @@ def test_processors_combined_with_byte_codecs(hook_006: Any, memdb_override: Ove
         snapshot = stored(Score)
         assert snapshot.codecs == [HOOK, "zlib"]
         assert info("testapp.Score").codecs == (HOOK, "zlib")
-        rows = json.loads(zlib.decompress(zlib.decompress(bytes(snapshot.data))))
+        rows = json.loads(zlib.decompress(zlib.decompress(stored_data(snapshot))))
         assert [(r["pk"], r["fields"]["player"], r["fields"]["points"]) for r in rows] == before
-        assert result.bytes == snapshot.size == len(snapshot.data)
+        assert result.bytes == snapshot.size == len(stored_data(snapshot))
         Score.objects.all().delete()
     with memdb_override(CODECS=["lzma"]):
         api.restore("testapp.Score")  # the recorded chain, not the settings

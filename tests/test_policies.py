@@ -16,6 +16,7 @@ from django.db import connections, transaction
 from memdb import api, codecs, policies, store
 from memdb.exceptions import ConflictError
 from memdb.models import PersistentStorage
+from tests.helpers import stored_chunks
 from tests.testapp.models import CommitScore, Hit, IntervalScore, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -50,9 +51,12 @@ def stored_rows(model: type) -> list[tuple[str, int]]:
     row = PersistentStorage.objects.get(
         app_label=model._meta.app_label, model_name=model._meta.object_name
     )
+    image = b"".join(
+        codecs.decode(row.codecs, chunk, label=model._meta.label) for chunk in stored_chunks(model)
+    )
     conn = sqlite3.connect(":memory:")
     try:
-        conn.deserialize(codecs.decode(row.codecs, bytes(row.data), label=model._meta.label))
+        conn.deserialize(image)
         return conn.execute(
             f'SELECT player, points FROM "{model._meta.db_table}" ORDER BY id'
         ).fetchall()

@@ -26,6 +26,7 @@ from rest_framework.test import APIClient
 
 from memdb import api
 from memdb.models import PersistentStorage
+from tests.helpers import replace_data, stored_chunks, stored_data
 from tests.testapp.models import CommitScore, Hit, IntervalScore, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -48,7 +49,7 @@ TABLE_FIELDS = {
     "restore_state",
     "restore_error",
 }
-SPOOL_FIELDS = {"label", "rows", "bytes", "milliseconds", "generation", "unchanged"}
+SPOOL_FIELDS = {"label", "rows", "bytes", "milliseconds", "generation", "unchanged", "chunks"}
 RESTORE_FIELDS = {"label", "rows", "milliseconds", "generation"}
 SLASHES = pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
 
@@ -176,11 +177,13 @@ def assert_spool_results_match_storage(results: list[dict[str, Any]]) -> None:
         row = PersistentStorage.objects.get(
             app_label=result["label"].split(".")[0], model_name=result["label"].split(".")[1]
         )
-        assert (result["rows"], result["bytes"], result["generation"]) == (
+        assert (result["rows"], result["bytes"], result["generation"], result["chunks"]) == (
             row.row_count,
             row.size,
             row.generation,
+            row.chunk_count,
         )
+        assert row.chunk_count == len(stored_chunks(row)) >= 1
         assert isinstance(result["milliseconds"], float) and result["milliseconds"] >= 0
 
 
@@ -434,6 +437,8 @@ def test_storage_lists_every_snapshot_with_totals(
             "generation": row.generation,
             "written_by": row.written_by,
             "updated": row.updated_at,
+            "chunks": row.chunk_count,
+            "orphaned": False,
         }
         for row in rows
     ]
@@ -446,7 +451,7 @@ def test_storage_lists_every_snapshot_with_totals(
         "rows": 32,
         "bytes": sum(row.size for row in rows),
     }
-    assert body["totals"]["bytes"] == sum(len(bytes(row.data)) for row in rows)
+    assert body["totals"]["bytes"] == sum(len(stored_data(row)) for row in rows)
     assert [s.label for s in api.storage()] == [s["table"] for s in body["snapshots"]]
 
 
@@ -616,9 +621,9 @@ def test_spool_conflict_is_409_with_the_other_tables_results(ops: APIClient) -> 
 def corrupt(model: type) -> None:
     """Flip one byte of the stored snapshot, so its checksum no longer matches."""
     snapshot = stored(model)
-    damaged = bytearray(bytes(snapshot.data))
+    damaged = bytearray(stored_data(snapshot))
     damaged[len(damaged) // 2] ^= 0xFF
-    PersistentStorage.objects.filter(pk=snapshot.pk).update(data=bytes(damaged))
+    replace_data(snapshot, bytes(damaged))
 
 
 def test_a_failed_restore_is_409_and_its_table_refuses_spools_with_409(ops: APIClient) -> None:

@@ -36,3 +36,11 @@ class Command(LabelCommand):
             self.stdout.write(
                 "no memory tables: tag a model with InMemoryDB or PersistentInMemoryDB"
             )
+        orphaned = self.run(api.orphans)
+        if orphaned and not labels:
+            self.stdout.write(
+                self.style.WARNING(
+                    f"orphaned snapshots (no persistent model claims them, kept until "
+                    f"discarded with `manage.py memdb_discard --orphans`): {', '.join(orphaned)}"
+                )
+            )
