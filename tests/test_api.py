@@ -18,6 +18,7 @@ from memdb import api, store
 from memdb.exceptions import (
     ConflictError,
     NotPersistentError,
+    ProtectedTableError,
     RestoreError,
     SpoolError,
     UnknownTableError,
@@ -25,7 +26,13 @@ from memdb.exceptions import (
 from memdb.models import PersistentStorage
 from memdb.restore import SchemaDriftWarning
 from memdb.spooler import FORMAT_VERSION, SNAPSHOT_FORMAT
-from tests.helpers import create_stored, replace_data, stored_chunks, stored_data
+from tests.helpers import (
+    create_stored,
+    fingerprint,
+    replace_data,
+    stored_chunks,
+    stored_data,
+)
 from tests.testapp.models import AllTypes, CommitScore, Hit, Legacy, Player, Score, Team
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -508,6 +515,63 @@ def test_drift_added_field_without_default_fails_naming_the_field() -> None:
     assert stored_data(Score) == data
     assert info("testapp.Score").restore_state == "failed"
     assert Score.objects.count() == 0
+
+
+def test_primary_key_type_change_fails_naming_it_and_keeps_everything() -> None:
+    """A snapshot spooled when ``Score``'s primary key held UUID strings: SQLite would
+    take them into the integer column, so the restore refuses, naming the key."""
+    table = Score._meta.db_table
+    store_image(
+        Score,
+        f'CREATE TABLE "{table}" ("id" char(32) NOT NULL PRIMARY KEY, '
+        '"player" varchar(50) NOT NULL, "points" integer NOT NULL)',
+        [("3f1c9e0ad1b44d7c9a3a0e8c2b7f5a11", "ann", 1), ("0b7e", "bob", 2)],
+        f'INSERT INTO "{table}" VALUES (?, ?, ?)',
+    )
+    Score.objects.create(player="in memory")
+    before = fingerprint(Score)
+
+    with pytest.raises(RestoreError) as caught:
+        api.restore("testapp.Score")
+
+    message = str(caught.value)
+    assert "testapp.Score" in message
+    assert "primary key 'id' held text values and now holds number values" in message
+    assert fingerprint(Score) == before
+    assert list(Score.objects.values_list("player", flat=True)) == ["in memory"]
+    assert info("testapp.Score").restore_state == "failed"
+    with pytest.raises(ProtectedTableError):
+        api.spool("testapp.Score")
+    assert fingerprint(Score) == before
+
+
+def test_field_kind_change_fails_naming_the_field() -> None:
+    table = Score._meta.db_table
+    store_image(
+        Score,
+        f'CREATE TABLE "{table}" ("id" integer NOT NULL PRIMARY KEY, '
+        '"player" varchar(50) NOT NULL, "points" text NOT NULL)',
+        [(1, "ann", "many")],
+        f'INSERT INTO "{table}" VALUES (?, ?, ?)',
+    )
+    with pytest.raises(RestoreError, match=r"field 'points' held text values and now holds num"):
+        api.restore("testapp.Score")
+    assert Score.objects.count() == 0
+
+
+def test_a_change_within_numbers_or_text_restores() -> None:
+    """``varchar(20)`` to ``varchar(50)``, a decimal to an integer: same kind of value."""
+    table = Score._meta.db_table
+    store_image(
+        Score,
+        f'CREATE TABLE "{table}" ("id" bigint NOT NULL PRIMARY KEY, '
+        '"player" varchar(20) NOT NULL, "points" decimal NOT NULL)',
+        [(1, "ann", 3), (2, "bob", 4)],
+        f'INSERT INTO "{table}" VALUES (?, ?, ?)',
+    )
+    (result,) = api.restore("testapp.Score")
+    assert result.rows == 2
+    assert scores() == [("ann", 3), ("bob", 4)]
 
 
 def test_snapshot_without_the_table_fails() -> None:
