@@ -37,7 +37,8 @@ DEFAULTS: dict[str, Any] = {
     # Bytes of a snapshot per stored chunk, before its codecs run. Each chunk is one row
     # of SnapshotChunk: keep it well under the server's packet limit (MariaDB's
     # max_allowed_packet, 16 MiB by default; a chunk may be sent escaped, up to twice
-    # its size). Spool and restore hold about one chunk in memory at a time.
+    # its size). Spool and restore hold a few chunks in memory at a time (the drivers
+    # copy and escape what they send), whatever the table's size.
     "CHUNK_SIZE": 4 * 1024 * 1024,
     # Directory of the scratch files a spool or restore streams a snapshot through
     # (None: Python's tempfile default, i.e. TMPDIR or /tmp). Needs about one

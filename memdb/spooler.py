@@ -8,7 +8,8 @@ read back in chunks of ``CHUNK_SIZE`` bytes; each chunk runs through the codec c
 its own and becomes one ``SnapshotChunk`` row. One transaction on the default database
 inserts the next generation with all its chunks and deletes the previous one for this
 table only, so a crash at any point leaves the last complete snapshot. Memory use is
-about one chunk, whatever the table's size.
+a few chunks (the database driver copies and escapes each chunk it sends: about 12
+chunks' worth on PostgreSQL, 8 on MariaDB, measured), whatever the table's size.
 """
 
 from __future__ import annotations
