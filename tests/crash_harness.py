@@ -526,9 +526,9 @@ def sabotaged_spools(start: Launcher, sabotage: str, *, base: int = 1000) -> Spo
 
 RESTORE_PHASES = {
     "start": "start-up, before the default database",
-    "query": "fetching the snapshot",
-    "pre_restore": "verifying, decoding and loading",
-    "post_restore": "after the load, before the first query returned",
+    "query": "reading PersistentStorage, before pre_restore",
+    "pre_restore": "restoring: from pre_restore (fetch, verify, decode, load)",
+    "post_restore": "after post_restore, before the first query returned",
 }
 
 
