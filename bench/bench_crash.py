@@ -84,8 +84,8 @@ def run_one(kind: str, args: argparse.Namespace) -> bool:
     sys.path.insert(0, str(ROOT / "bench"))
     from _setup import load_line, machine_line
 
-    from tests.children import INTERVAL
-    from tests.crash_harness import fresh_database, launcher, restore_kills, spool_crashes
+    from tests.children import INTERVAL, fresh_database
+    from tests.crash_harness import launcher, restore_kills, spool_crashes
 
     print(f"== {kind} | {machine_line()}")
     print(load_line(), flush=True)

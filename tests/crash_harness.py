@@ -33,7 +33,6 @@ import subprocess
 import sys
 import threading
 import time
-import uuid
 from collections import Counter
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
@@ -41,7 +40,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from tests.children import ROOT, TIMEOUT, _server_connection, child_env, run
+from tests.children import ROOT, TIMEOUT, child_env, run
 
 CHILD = ROOT / "tests" / "live" / "crash_child.py"
 
@@ -260,32 +259,6 @@ def launcher(db_name: str, log: Path, **env: str) -> Iterator[Launcher]:
         yield started
     finally:
         started.close()
-
-
-@contextmanager
-def fresh_database(kind: str, directory: Path) -> Iterator[str]:
-    """A new default database for the children (outside pytest: the bench), dropped after.
-
-    Needs Django settings configured (``tests.settings``) for the server's address.
-    """
-    if kind == "sqlite":
-        yield str(directory / "default.sqlite3")
-        return
-    name = f"memdb_crash_{uuid.uuid4().hex[:12]}"
-    if kind == "postgresql":
-        create, drop = f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    else:
-        create = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-        drop = f"DROP DATABASE IF EXISTS `{name}`"
-    conn = _server_connection(kind)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(create)
-        yield name
-    finally:
-        with conn.cursor() as cursor:
-            cursor.execute(drop)
-        conn.close()
 
 
 def rows_of(version: int, base: int, step: int) -> int:
