@@ -99,7 +99,7 @@ def restore_models(
                 limit = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
                 for batch in _batches(jobs, limit):
                     try:
-                        _load(conn, batch)
+                        _load(conn, batch, state.gate)
                         done.extend(batch)
                         continue
                     except RestoreError as exc:
@@ -108,7 +108,7 @@ def restore_models(
                             continue
                     for job in batch:
                         try:
-                            _load(conn, [job])
+                            _load(conn, [job], state.gate)
                             done.append(job)
                         except RestoreError as exc:
                             _failed(state, job.model, exc, errors)
@@ -244,7 +244,7 @@ def _stored_chunks(label: str, snapshot: Any) -> Iterator[bytes]:
         yield bytes(data)
 
 
-def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
+def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
     """Replace the tables of ``jobs`` with their images, all in one transaction."""
     attached: list[str] = []
     try:
@@ -261,6 +261,7 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
             for job, _, _ in plans:
                 for sql in store.drop_triggers_sql(job.model._meta.db_table):
                     conn.execute(sql)
+            gate.open()
             for job, _, _ in reversed(plans):
                 conn.execute(f"DELETE FROM main.{store.quote(job.model._meta.db_table)}")
             for job, schema, (columns, values, params) in plans:
@@ -283,7 +284,8 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job]) -> None:
 
         conn.execute("PRAGMA foreign_keys = ON")
         try:
-            store.run_locked_transaction(conn, copy, immediate=True)
+            with gate.closed():
+                store.run_locked_transaction(conn, copy, immediate=True, gate=gate)
         except sqlite3.IntegrityError as exc:
             labels = ", ".join(job.model._meta.label for job in jobs)
             raise RestoreError(
@@ -344,7 +346,7 @@ def _check_types(model: ModelType, stored: dict[str, str]) -> None:
     connection = connections[memdb_settings.ALIAS]
     changed = []
     for f in model._meta.local_concrete_fields:
-        if not stored.get(f.column):
+        if not f.column or not stored.get(f.column):
             continue  # not stored, or stored untyped (a 0.0.6 JSON snapshot's table)
         now = _family(f.db_type(connection) or "")
         before = _family(stored[f.column])

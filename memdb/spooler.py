@@ -141,47 +141,55 @@ def _running(pid: int) -> bool:
     return True
 
 
-def read_image(conn: sqlite3.Connection, table: str, path: str) -> tuple[int, int]:
+def read_image(
+    conn: sqlite3.Connection, table: str, path: str, gate: store.Gate
+) -> tuple[int, int]:
     """``(seq, rows)``: write the table as of one instant into ``path``, a SQLite file.
 
     ``seq`` is read just before the copy: a write between the two makes the snapshot
     newer than ``seq`` says, so the table is spooled once more, never once too few.
     The copy runs in one read transaction, which keeps writers of this table out until
-    it ends, so the image is a consistent point-in-time read. The scratch file needs no
-    journal: a crash leaves nothing to recover there.
+    it ends, so the image is a consistent point-in-time read. ``gate`` is closed until
+    the copy holds its lock, so back-to-back writers cannot starve it. The scratch file
+    needs no journal: a crash leaves nothing to recover there.
     """
     q = store.quote(table)
-    seq = store.read_seq(conn, table)
     conn.execute(f"ATTACH DATABASE ? AS {SNAP_SCHEMA}", (path,))
     try:
         conn.execute(f"PRAGMA {SNAP_SCHEMA}.journal_mode = OFF")
         conn.execute(f"PRAGMA {SNAP_SCHEMA}.synchronous = OFF")
-
-        def copy() -> int:
-            conn.execute(f"DROP TABLE IF EXISTS {SNAP_SCHEMA}.{q}")
-            conn.execute(f"CREATE TABLE {SNAP_SCHEMA}.{q} AS SELECT * FROM main.{q} WHERE 0")
-            last, rows = None, 0
-            while True:
-                bound = "" if last is None else "WHERE rowid > ?"
-                params = () if last is None else (last,)
-                batch = conn.execute(
-                    f"SELECT count(*), max(r) FROM (SELECT rowid AS r FROM main.{q} {bound} "
-                    f"ORDER BY rowid LIMIT {COPY_CHUNK})",
-                    params,
-                ).fetchone()
-                if not batch[0]:
-                    return rows
-                conn.execute(
-                    f"INSERT INTO {SNAP_SCHEMA}.{q} SELECT * FROM main.{q} "
-                    f"{'WHERE' if last is None else bound + ' AND'} rowid <= ? ORDER BY rowid",
-                    (*params, batch[1]),
-                )
-                last, rows = batch[1], rows + batch[0]
-
-        rows = store.run_locked_transaction(conn, copy, immediate=False)
+        with gate.closed():
+            seq = store.read_seq(conn, table, gate=gate)
+            rows = store.run_locked_transaction(
+                conn, lambda: _copy_table(conn, q, gate), immediate=False, gate=gate
+            )
         return seq, rows
     finally:
         conn.execute(f"DETACH DATABASE {SNAP_SCHEMA}")
+
+
+def _copy_table(conn: sqlite3.Connection, q: str, gate: store.Gate) -> int:
+    """Copy ``main.q`` into the scratch schema, ``COPY_CHUNK`` rows per statement."""
+    conn.execute(f"DROP TABLE IF EXISTS {SNAP_SCHEMA}.{q}")
+    conn.execute(f"CREATE TABLE {SNAP_SCHEMA}.{q} AS SELECT * FROM main.{q} WHERE 0")
+    last, rows = None, 0
+    while True:
+        bound = "" if last is None else "WHERE rowid > ?"
+        params = () if last is None else (last,)
+        batch = conn.execute(
+            f"SELECT count(*), max(r) FROM (SELECT rowid AS r FROM main.{q} {bound} "
+            f"ORDER BY rowid LIMIT {COPY_CHUNK})",
+            params,
+        ).fetchone()
+        gate.open()  # the read lock on main.q is held until the transaction ends
+        if not batch[0]:
+            return rows
+        conn.execute(
+            f"INSERT INTO {SNAP_SCHEMA}.{q} SELECT * FROM main.{q} "
+            f"{'WHERE' if last is None else bound + ' AND'} rowid <= ? ORDER BY rowid",
+            (*params, batch[1]),
+        )
+        last, rows = batch[1], rows + batch[0]
 
 
 def encoded_chunks(stream: IO[bytes], chain: tuple[str, ...], label: str) -> Iterator[bytes]:
@@ -221,7 +229,7 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
                     stream, fmt = io.BytesIO(payload), compat.FORMAT
                 else:
                     path = stack.enter_context(scratch_file("spool"))
-                    seq, rows = read_image(conn, model._meta.db_table, path)
+                    seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
                     stream = stack.enter_context(open(path, "rb"))
                     processors, fmt = [], SNAPSHOT_FORMAT
                 generation, size, chunks = write_snapshot(
@@ -316,6 +324,11 @@ def write_snapshot(
     try:
         with transaction.atomic(using=alias):
             existing = stored_snapshots(model)
+            if connections[alias].vendor == "sqlite":
+                # SQLite has no row locks: take its write lock first (a write that
+                # changes nothing), so a concurrent spool waits its turn instead of
+                # failing with "database is locked" when it upgrades a read lock.
+                existing.filter(generation=0).update(generation=0)
             current = (
                 existing.select_for_update()
                 .order_by("-generation")
@@ -324,7 +337,11 @@ def write_snapshot(
             )
             if current is not None:
                 _check_generation(label, current, expected, force, me)
-            generation = (current["generation"] if current else 0) + 1
+            # Not forced, the generation is the one after the one this process knows:
+            # two processes that saw the same one and spool at once both insert it, and
+            # the unique constraint refuses the second, whatever the isolation level.
+            known = current["generation"] if current else 0
+            generation = (max(known, expected or 0) if force else expected or known) + 1
             header = PersistentStorage.objects.using(alias).create(
                 app_label=model._meta.app_label,
                 model_name=model_name_of(model),
@@ -351,13 +368,29 @@ def write_snapshot(
                 size=size, checksum=digest.hexdigest(), chunk_count=count
             )
             old = existing.exclude(pk=header.pk)
+            # A locking read sees what committed meanwhile (even under MariaDB's
+            # REPEATABLE READ): a snapshot another process stored while this one was
+            # writing is refused here, not deleted below.
+            newer = (
+                old.select_for_update()
+                .order_by("-generation")
+                .values("generation", "written_by", "updated_at", "created_at", "pk")
+            )
+            for row in newer:
+                if not force and row["generation"] != expected:
+                    _check_generation(label, row, expected, force, me)
             SnapshotChunk.objects.using(alias).filter(snapshot__in=old).delete()
             old.delete()
     except IntegrityError as exc:
-        raise ConflictError(
-            f"{label}: another process stored a snapshot at the same time ({exc}); "
-            f"restore to take its data, or spool again"
-        ) from exc
+        latest = stored_snapshots(model).order_by("-generation").values("written_by").first()
+        winner = latest["written_by"] if latest else "unknown"
+        message = (
+            f"{label}: a snapshot written by {winner} was stored at the same time; this "
+            f"process ({me}) was refused and its snapshot not stored. Restore to take its "
+            f"data, or spool with force to overwrite it"
+        )
+        store.logger.warning("memdb: conflict: %s (%s)", message, exc)
+        raise ConflictError(message) from exc
     except DatabaseError as exc:
         raise SpoolError(
             f"{label} was not spooled: the default database refused the snapshot "
@@ -418,8 +451,9 @@ def flush(
     """Spool the dirty persistent tables (of one ``policy``, or all).
 
     Errors are logged, or raised (the first one) with ``raise_errors``; the other tables
-    are still spooled either way. ``skip_busy`` leaves a table that a transaction is
-    writing right now for the next call instead of waiting for it. A memory database
+    are still spooled either way. ``skip_busy`` leaves a table that a transaction has
+    been writing for ``Gate.HOLD`` seconds for the next call instead of waiting for it
+    (short transactions, however many back to back, are waited for). A memory database
     this process has not opened has nothing to flush, and is not opened (so not built
     and restored) just to find that out.
     """
@@ -431,7 +465,13 @@ def flush(
     with store.raw_connection(state.name) as conn:
         for model in models:
             try:
-                seq = store.read_seq(conn, model._meta.db_table, timeout=0 if skip_busy else None)
+                with state.gate.closed():
+                    seq = store.read_seq(
+                        conn,
+                        model._meta.db_table,
+                        timeout=store.Gate.HOLD if skip_busy else None,
+                        gate=state.gate,
+                    )
             except sqlite3.OperationalError as exc:
                 if skip_busy and store.is_lock_error(exc):
                     continue

@@ -51,22 +51,74 @@ def is_lock_error(exc: BaseException) -> bool:
     return (code & 0xFF) in (sqlite3.SQLITE_BUSY, sqlite3.SQLITE_LOCKED)
 
 
-def retry_locked(func: Callable[[], T], timeout: float | None = None) -> T:
+def retry_locked(
+    func: Callable[[], T], timeout: float | None = None, *, gate: Gate | None = None
+) -> T:
     """Run ``func``, retrying while another connection holds a conflicting lock.
 
     In shared-cache mode SQLite reports table-lock conflicts at once (no busy timeout
-    applies), and a failed statement has no effect, so retrying it is safe.
+    applies), and a failed statement has no effect, so retrying it is safe. With
+    ``gate`` (closed by the caller), the gate is opened once ``Gate.HOLD`` seconds were
+    spent waiting, so a long transaction holds back the other writers no longer.
     """
-    deadline = time.monotonic() + (memdb_settings.LOCK_TIMEOUT if timeout is None else timeout)
+    started = time.monotonic()
+    deadline = started + (memdb_settings.LOCK_TIMEOUT if timeout is None else timeout)
     delay = 0.0001
     while True:
         try:
             return func()
         except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
-            if not is_lock_error(exc) or time.monotonic() >= deadline:
+            now = time.monotonic()
+            if not is_lock_error(exc) or now >= deadline:
                 raise
+            if gate is not None and now - started >= Gate.HOLD:
+                gate.open()
         time.sleep(delay * (0.5 + random.random()))
         delay = min(delay * 2, 0.005)
+
+
+class Gate:
+    """Holds new transactions back while a spool or restore waits for its table locks.
+
+    SQLite's shared cache keeps no queue of lock waiters: a spool polling for a table's
+    read lock can starve behind back-to-back write transactions, each starting the
+    moment the last one ended. While a gate is closed, every Django connection to the
+    memory database that starts a transaction (or an autocommit statement) waits at it;
+    the transactions already running finish, and the spool gets its lock. The closer
+    opens it as soon as it holds its lock, or after ``HOLD`` seconds of waiting (a long
+    transaction), so other writers are held back briefly at most.
+    """
+
+    HOLD = 0.1
+
+    def __init__(self) -> None:
+        self._lock = threading.Lock()
+        self._local = threading.local()
+
+    def wait(self) -> None:
+        """Pass the gate: at once while it is open."""
+        if self._lock.locked() and not getattr(self._local, "closed", False):
+            with self._lock:
+                pass
+
+    @contextmanager
+    def closed(self) -> Iterator[Gate]:
+        """Close the gate for the block (or until ``open()``); reentrant per thread."""
+        if getattr(self._local, "closed", False):
+            yield self
+            return
+        self._lock.acquire()
+        self._local.closed = True
+        try:
+            yield self
+        finally:
+            self.open()
+
+    def open(self) -> None:
+        """Open the gate if this thread closed it (idempotent)."""
+        if getattr(self._local, "closed", False):
+            self._local.closed = False
+            self._lock.release()
 
 
 def quote(name: str) -> str:
@@ -97,6 +149,8 @@ class StoreState:
     booting: threading.Thread | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
     tables: dict[str, TableState] = field(default_factory=dict)
+    #: Lets spools and restores get their locks between writers' transactions.
+    gate: Gate = field(default_factory=Gate)
 
     def table(self, label: str) -> TableState:
         with self.lock:
@@ -244,10 +298,16 @@ def drop_triggers_sql(table: str) -> list[str]:
     ]
 
 
-def read_seq(conn: sqlite3.Connection, table: str, *, timeout: float | None = None) -> int:
+def read_seq(
+    conn: sqlite3.Connection,
+    table: str,
+    *,
+    timeout: float | None = None,
+    gate: Gate | None = None,
+) -> int:
     """The change counter of ``table``; waits for a writer of that table only."""
     sql = f"SELECT seq FROM {quote(changes_table(table))}"
-    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0], timeout))
+    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0], timeout, gate=gate))
 
 
 def is_dirty(state: StoreState, model: Any, seq: int) -> bool:
@@ -260,9 +320,13 @@ def count_rows(conn: sqlite3.Connection, table: str) -> int:
 
 
 def run_locked_transaction(
-    conn: sqlite3.Connection, body: Callable[[], T], *, immediate: bool
+    conn: sqlite3.Connection, body: Callable[[], T], *, immediate: bool, gate: Gate | None = None
 ) -> T:
-    """Run ``body`` inside BEGIN/COMMIT on ``conn``, retrying lock conflicts as a whole."""
+    """Run ``body`` inside BEGIN/COMMIT on ``conn``, retrying lock conflicts as a whole.
+
+    With ``gate`` (closed by the caller), see ``retry_locked``; ``body`` opens it once
+    its first statement holds the locks it needs.
+    """
 
     def attempt() -> T:
         conn.execute("BEGIN IMMEDIATE" if immediate else "BEGIN")
@@ -275,7 +339,7 @@ def run_locked_transaction(
                 conn.execute("ROLLBACK")
             raise
 
-    return retry_locked(attempt)
+    return retry_locked(attempt, gate=gate)
 
 
 def describe(exc: BaseException) -> str:

@@ -15,7 +15,6 @@ restores the table (``api.restore``) and must see exactly the winner's rows.
 from __future__ import annotations
 
 import json
-import os
 import socket
 import subprocess
 import sys
@@ -301,27 +300,13 @@ def test_the_older_generation_is_refused_on_every_surface_unless_forced(workers:
     assert players(restored["rows"]) == a_rows
 
 
-RACE_BUGS = {
-    "sqlite": "the paused spool fails with SpoolError 'database is locked' (its deferred "
-    "transaction cannot take the write lock the other one holds), not a ConflictError",
-    "postgresql": "both spools are stored: the spool that waited on the paused one's row "
-    "lock (select_for_update) finds no current snapshot once that row is deleted, stores "
-    "generation 1 and deletes the winner's generation 2",
-    "mysql": "both spools are stored: the spool that waited on the paused one's row lock "
-    "(select_for_update) finds no current snapshot once that row is deleted, stores "
-    "generation 1 and deletes the winner's generation 2",
-}
-
-
 def test_simultaneous_spools_store_one_and_refuse_the_other(
-    workers: Any, request: pytest.FixtureRequest
+    workers: Any,
 ) -> None:
     """Two spools based on the same generation, at the same moment: A's spool is paused
     for a second inside its storage transaction, just after its generation check, while
     B spools. Exactly one may be stored, one generation up; the other is refused with a
     ConflictError naming the winner, and a restore gives the winner's rows."""
-    kind = os.environ.get("MEMDB_TEST_DB", "sqlite")
-    request.applymarker(pytest.mark.xfail(strict=True, reason=RACE_BUGS[kind]))
     start, env = workers
     a, b, c = start("A", "B", "C")
     a("write('a0')")

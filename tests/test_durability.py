@@ -524,12 +524,6 @@ def test_interval_policy_loses_at_most_an_interval_and_a_spool(
         )
 
 
-@pytest.mark.xfail(
-    strict=True,
-    reason="the interval spooler skips a table that a transaction holds at its tick "
-    "(flush(skip_busy=True) reads the change counter with no wait), so a table written "
-    "all the time is spooled at few ticks and the loss grows to many intervals",
-)
 def test_interval_policy_busy_writer_loses_at_most_an_interval_and_a_spool(
     default_db: str, tmp_path: Path
 ) -> None:

@@ -24,10 +24,18 @@ from memdb import store
 
 
 class MemDBCursorWrapper(sqlite_base.SQLiteCursorWrapper):
+    #: The store's gate: a statement that starts a transaction waits at it while a
+    #: spool or restore waits for its locks (see ``memdb.store.Gate``).
+    memdb_gate: store.Gate | None = None
+
     def execute(self, query: str, params: Any = None) -> Any:
+        if self.memdb_gate is not None and not self.connection.in_transaction:
+            self.memdb_gate.wait()
         return store.retry_locked(lambda: super(MemDBCursorWrapper, self).execute(query, params))
 
     def executemany(self, query: str, param_list: Any) -> Any:
+        if self.memdb_gate is not None and not self.connection.in_transaction:
+            self.memdb_gate.wait()
         param_list = list(param_list)
         return store.retry_locked(
             lambda: super(MemDBCursorWrapper, self).executemany(query, param_list)
@@ -69,7 +77,9 @@ class DatabaseWrapper(sqlite_base.DatabaseWrapper):
         return MemDBDebugCursor(cursor, self)
 
     def create_cursor(self, name: str | None = None) -> Any:
-        return self.connection.cursor(factory=MemDBCursorWrapper)
+        cursor = self.connection.cursor(factory=MemDBCursorWrapper)
+        cursor.memdb_gate = store.state_for(self.settings_dict["NAME"]).gate
+        return cursor
 
     def close(self) -> None:
         """Really close: the keeper connection, not this one, keeps the data alive."""
