@@ -32,7 +32,6 @@ import statistics
 import sys
 import tempfile
 import time
-import uuid
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -51,27 +50,13 @@ WRITERS = {
 @contextlib.contextmanager
 def fresh_database(kind: str) -> Iterator[str]:
     """The NAME of a new, empty default database of ``kind``, dropped afterwards."""
-    if kind == "sqlite":
-        with tempfile.TemporaryDirectory(prefix="memdb-bench-") as directory:
-            yield os.path.join(directory, "default.sqlite3")
-        return
-    from tests.children import _server_connection
+    from tests.children import fresh_database as fresh
 
-    name = f"memdb_bench_{uuid.uuid4().hex[:12]}"
-    if kind == "postgresql":
-        create, drop = f'CREATE DATABASE "{name}"', f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)'
-    else:
-        create = f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4"
-        drop = f"DROP DATABASE IF EXISTS `{name}`"
-    conn = _server_connection(kind)
-    try:
-        with conn.cursor() as cursor:
-            cursor.execute(create)
+    with (
+        tempfile.TemporaryDirectory(prefix="memdb-bench-") as directory,
+        fresh(kind, Path(directory)) as name,
+    ):
         yield name
-    finally:
-        with conn.cursor() as cursor:
-            cursor.execute(drop)
-        conn.close()
 
 
 def seconds(values: list[float]) -> str:

@@ -149,10 +149,9 @@ def check_quiet(stderr: str) -> None:
     assert "Traceback" not in stderr and "memdb:" not in stderr, stderr
 
 
-def run(code: str, env: dict[str, str], *, migrate: bool = False, returncode: int = 0) -> Any:
-    """Run ``code`` in a new Python process; return the last JSON line it printed."""
-    source = PRELUDE + (MIGRATE if migrate else "") + code
-    proc = subprocess.run(
+def run_process(source: str, env: dict[str, str]) -> subprocess.CompletedProcess[str]:
+    """Run ``source`` in a new Python process to its end, capturing its output."""
+    return subprocess.run(
         [sys.executable, "-c", source],
         cwd=ROOT,
         env=env,
@@ -160,6 +159,24 @@ def run(code: str, env: dict[str, str], *, migrate: bool = False, returncode: in
         text=True,
         timeout=TIMEOUT,
     )
+
+
+def start_process(source: str, env: dict[str, str], stderr: Any) -> subprocess.Popen[str]:
+    """Start ``source`` in a new Python process that talks JSON lines over its pipes."""
+    return subprocess.Popen(
+        [sys.executable, "-c", source],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=stderr,
+        text=True,
+    )
+
+
+def run(code: str, env: dict[str, str], *, migrate: bool = False, returncode: int = 0) -> Any:
+    """Run ``code`` in a new Python process; return the last JSON line it printed."""
+    proc = run_process(PRELUDE + (MIGRATE if migrate else "") + code, env)
     assert proc.returncode == returncode, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     check_quiet(proc.stderr)
     return last_json(proc.stdout)

@@ -12,8 +12,6 @@ import base64
 import hashlib
 import importlib
 import json
-import subprocess
-import sys
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager, contextmanager
@@ -27,7 +25,14 @@ import memdb
 from memdb import api, signals
 from memdb.exceptions import RestoreError, SpoolError
 from memdb.models import PersistentStorage
-from tests.children import MIGRATE, PRELUDE, ROOT, TIMEOUT, check_quiet, child_env, last_json
+from tests.children import (
+    MIGRATE,
+    PRELUDE,
+    check_quiet,
+    child_env,
+    last_json,
+    run_process,
+)
 from tests.helpers import fingerprint, info, scores, stored, stored_data
 from tests.test_fields import ROWS, field_values
 from tests.testapp.models import AllTypes, Legacy, Score
@@ -183,14 +188,7 @@ def run_child(
 ) -> tuple[Any, str]:
     """Run ``code`` in a new Python process; its last JSON line and its stderr."""
     source = PRELUDE + CHILD_IMPORTS + (MIGRATE if migrate else "") + code
-    proc = subprocess.run(
-        [sys.executable, "-c", source],
-        cwd=ROOT,
-        env=env,
-        capture_output=True,
-        text=True,
-        timeout=TIMEOUT,
-    )
+    proc = run_process(source, env)
     assert proc.returncode == 0, f"exit {proc.returncode}\n{proc.stdout}\n{proc.stderr}"
     if quiet:
         check_quiet(proc.stderr)

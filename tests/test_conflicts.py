@@ -16,14 +16,12 @@ from __future__ import annotations
 
 import json
 import socket
-import subprocess
-import sys
 from pathlib import Path
 from typing import Any
 
 import pytest
 
-from tests.children import PRELUDE, ROOT, TIMEOUT, child_env, read, run
+from tests.children import PRELUDE, TIMEOUT, child_env, read, run, start_process
 
 WORKER = """
 import contextlib, io, logging, socket, traceback
@@ -140,15 +138,7 @@ class Worker:
         self.name = name
         self.log = logs / f"{name}.log"
         with self.log.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", PRELUDE + WORKER],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
+            self.proc = start_process(PRELUDE + WORKER, env, stderr)
         self.me = f"{socket.gethostname()}:{self.proc.pid}"
 
     def wait_ready(self) -> None:

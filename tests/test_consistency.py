@@ -24,8 +24,6 @@ from __future__ import annotations
 
 import json
 import random
-import subprocess
-import sys
 import threading
 import time
 from collections import Counter
@@ -37,7 +35,7 @@ from django.db import connections, transaction
 from django.db.models import F, Sum
 
 from memdb import api
-from tests.children import PRELUDE, ROOT, TIMEOUT, check_quiet, child_env
+from tests.children import PRELUDE, TIMEOUT, check_quiet, child_env, start_process
 from tests.testapp.models import Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -68,15 +66,7 @@ class Checker:
         env = child_env(connections["default"].settings_dict["NAME"])
         self.log = log
         with log.open("w") as stderr:
-            self.proc = subprocess.Popen(
-                [sys.executable, "-c", PRELUDE + CHECKER],
-                cwd=ROOT,
-                env=env,
-                stdin=subprocess.PIPE,
-                stdout=subprocess.PIPE,
-                stderr=stderr,
-                text=True,
-            )
+            self.proc = start_process(PRELUDE + CHECKER, env, stderr)
         assert self.read() == {"ready": True}
 
     def read(self) -> Any:

@@ -8,8 +8,6 @@ deleted only when asked: ``api.discard(label)`` or ``memdb_discard``.
 
 from __future__ import annotations
 
-import subprocess
-import sys
 from io import StringIO
 from typing import Any
 
@@ -23,7 +21,7 @@ from django.utils import timezone
 from memdb import api
 from memdb.exceptions import UnknownTableError
 from memdb.models import PersistentStorage, SnapshotChunk
-from tests.children import MIGRATE, PRELUDE, ROOT, TIMEOUT, child_env, last_json
+from tests.children import MIGRATE, PRELUDE, child_env, last_json, run_process
 from tests.helpers import create_stored, stored_data
 from tests.testapp.models import Score
 
@@ -174,14 +172,7 @@ def test_a_start_names_the_orphan_and_restores_the_rest(default_db: str) -> None
         "       stored=sorted(s.label for s in api.storage()))\n"
     )
     for source in (first, second):
-        proc = subprocess.run(
-            [sys.executable, "-c", source],
-            cwd=ROOT,
-            env=env,
-            capture_output=True,
-            text=True,
-            timeout=TIMEOUT,
-        )
+        proc = run_process(source, env)
         assert proc.returncode == 0, proc.stderr
     seen = last_json(proc.stdout)
     assert "a stored snapshot of oldapp.Score is not restored" in proc.stderr
