@@ -474,7 +474,7 @@ NOISE = 0.25
 
 def allowed(kill: Kill) -> float:
     """The loss the interval policy may cause, generously (see the test's docstring)."""
-    return 2 * INTERVAL + 2 * kill.spool + NOISE
+    return INTERVAL + 2 * kill.spool + NOISE
 
 
 def describe(kills: list[Kill]) -> str:
@@ -501,11 +501,8 @@ def test_interval_policy_loses_at_most_an_interval_and_a_spool(
     worst one a kill could have caused at any instant of the run, stay within
     ``allowed``: ``INTERVAL`` plus a spool (the guarantee), plus one more spool (a
     write that just missed the read of a spool in progress waits for it to end, then
-    for the interval and the next spool), plus one more ``INTERVAL`` (the spooler skips
-    a table a write holds at its tick and takes it at the next one: about one tick in a
-    hundred at this pace; the busy test below shows what happens at most ticks), plus
-    ``NOISE``. The figures are printed; bench/bench_durability.py prints more kills
-    beside INTERVAL plus one spool.
+    for the interval and the next spool), plus ``NOISE``. The figures are printed;
+    bench/bench_durability.py prints more kills beside INTERVAL plus one spool.
     """
     env = child_env(default_db)
     run("report(ok=True)\n", env, migrate=True)
@@ -528,7 +525,11 @@ def test_interval_policy_busy_writer_loses_at_most_an_interval_and_a_spool(
     default_db: str, tmp_path: Path
 ) -> None:
     """Guarantee 3 with a busy writer: back-to-back transactions of a create and two
-    milliseconds of work, with the same allowance as the steady writer's test."""
+    milliseconds of work, with the same allowance as the steady writer's test.
+
+    Regression: SQLite's shared cache keeps no queue of lock waiters, and the interval
+    spooler, finding the table locked at almost every tick, skipped it; the loss grew
+    to many intervals (1.3 to 2.5 s here, with nothing stored at all in some runs)."""
     env = child_env(default_db)
     run("report(ok=True)\n", env, migrate=True)
     kills = interval_kills(
