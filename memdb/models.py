@@ -12,12 +12,16 @@ class PersistentStorage(models.Model):
     generation with its chunks and deletes the previous one in the same transaction, so a
     crash at any point leaves one complete snapshot. The bytes live in ``SnapshotChunk``
     rows, so no single row outgrows a server's packet limit (MariaDB's
-    ``max_allowed_packet``). ``kind`` leaves room for an incremental journal (a base
-    snapshot plus ``delta`` rows) without changing the table.
+    ``max_allowed_packet``). Rows of kind ``delta`` are the table's journal: the rows
+    changed since the snapshot, one generation each (see ``memdb.journal``).
     """
 
     KIND_SNAPSHOT = "snapshot"
-    KIND_CHOICES = [(KIND_SNAPSHOT, "snapshot (the whole table)")]
+    KIND_DELTA = "delta"
+    KIND_CHOICES = [
+        (KIND_SNAPSHOT, "snapshot (the whole table)"),
+        (KIND_DELTA, "delta (rows changed since the previous generation)"),
+    ]
 
     app_label = models.CharField(max_length=100)
     model_name = models.CharField(max_length=100, help_text="The model's class name.")

@@ -7,6 +7,7 @@ import logging
 import os
 import signal
 import threading
+import time
 from functools import cache
 from typing import Any
 
@@ -70,9 +71,19 @@ class IntervalSpooler(threading.Thread):
         self.stopping = threading.Event()
 
     def run(self) -> None:
+        """Tick every ``INTERVAL`` seconds from the start of the last tick, not its end.
+
+        Waiting a full interval after each spool would let a write that just missed one
+        spool wait for that spool, the interval and the next spool: ``INTERVAL`` plus
+        two spools. At a fixed rate the bound is ``INTERVAL`` plus one spool.
+        """
         from .spooler import flush
 
-        while not self.stopping.wait(float(memdb_settings.INTERVAL)):
+        started = time.monotonic()
+        while not self.stopping.wait(
+            max(0.0, started + float(memdb_settings.INTERVAL) - time.monotonic())
+        ):
+            started = time.monotonic()
             try:
                 flush(policy="interval", skip_busy=True)
             except Exception:

@@ -15,12 +15,13 @@ discarded.
 from __future__ import annotations
 
 import hashlib
+import io
 import sqlite3
 import time
 import warnings
 from collections.abc import Iterator
-from contextlib import ExitStack
-from dataclasses import dataclass
+from contextlib import ExitStack, closing
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -29,6 +30,7 @@ from django.db import DatabaseError, connections
 from . import codecs, compat, signals, store
 from .conf import memdb_settings
 from .exceptions import MemdbError, RestoreError
+from .journal import apply_delta
 from .registry import ModelType, persistent_models
 from .spooler import (
     FORMAT_VERSION,
@@ -37,6 +39,7 @@ from .spooler import (
     refuse_inside_transaction,
     scratch_file,
     storage_alias,
+    stored_rows,
     stored_snapshots,
 )
 
@@ -61,6 +64,16 @@ class _Job:
     snapshot: Any
     #: The decoded one-table SQLite image, a scratch file.
     path: str = ""
+    #: The journal after the snapshot: (generation, row count, decoded payload).
+    deltas: list[tuple[int, int, bytes]] = field(default_factory=list)
+    #: Stored bytes of those deltas.
+    journal_bytes: int = 0
+
+    @property
+    def generation(self) -> int:
+        """The generation the table is at once restored: its last delta's, if any."""
+        return self.deltas[-1][0] if self.deltas else int(self.snapshot.generation)
+
     started: float = 0.0
     rows: int = 0
     seq: int = 0
@@ -115,7 +128,15 @@ def restore_models(
         results = []
         for job in done:
             table_state = state.table(job.model._meta.label)
-            table_state.generation = job.snapshot.generation
+            table_state.generation = job.generation
+            table_state.base = (
+                job.snapshot.format,
+                tuple(job.snapshot.codecs or ()),
+                tuple(job.snapshot.key_ids or ()),
+            )
+            table_state.base_bytes = job.snapshot.size
+            table_state.journal_count = len(job.deltas)
+            table_state.journal_bytes = job.journal_bytes
             table_state.restore_error = None
             table_state.restored = True
             table_state.spooled_seq = job.seq
@@ -124,7 +145,7 @@ def restore_models(
                     label=job.model._meta.label,
                     rows=job.rows,
                     milliseconds=round((time.perf_counter() - job.started) * 1000, 3),
-                    generation=job.snapshot.generation,
+                    generation=job.generation,
                 )
             )
     for job, result in zip(done, results, strict=True):
@@ -166,6 +187,7 @@ def _prepare(model: ModelType, stack: ExitStack) -> _Job:
         job.path = stack.enter_context(scratch_file("restore"))
         try:
             _decode_into(model, snapshot, job.path)
+            job.deltas, job.journal_bytes = _journal(model, snapshot)
             return job
         except _Replaced:
             continue
@@ -180,12 +202,7 @@ def _prepare(model: ModelType, stack: ExitStack) -> _Job:
 
 
 def _decode_into(model: ModelType, snapshot: Any, path: str) -> None:
-    """Write the snapshot's decoded bytes to ``path``, verifying its checksum on the way.
-
-    A chunk that fails to decode is reported as a checksum mismatch when the stored
-    bytes do not match their checksum (corruption), as a codec error when they do (a
-    wrong key, a codec no longer configured).
-    """
+    """Write the snapshot's decoded bytes to ``path``, verifying its checksum on the way."""
     label = model._meta.label
     if snapshot.format not in FORMATS or snapshot.format_version > FORMAT_VERSION:
         raise RestoreError(
@@ -196,26 +213,69 @@ def _decode_into(model: ModelType, snapshot: Any, path: str) -> None:
     processors = [name for name in chain if name.startswith(codecs.PROCESSOR_PREFIX)]
     if processors and snapshot.format != compat.FORMAT:
         raise RestoreError(f"{label}: processors recorded on a {snapshot.format!r} snapshot")
-    chain = chain[len(processors) :]
-    digest, failure = hashlib.sha256(), None
     with open(path, "wb") as out:
-        for data in _stored_chunks(label, snapshot):
-            digest.update(data)
-            if failure is None:
-                try:
-                    out.write(codecs.decode(chain, data, label=label))
-                except MemdbError as exc:
-                    failure = exc
-    if digest.hexdigest() != snapshot.checksum:
-        raise RestoreError(
-            f"{label}: checksum mismatch, the stored snapshot (generation "
-            f"{snapshot.generation}) is corrupt"
-        )
-    if failure is not None:
-        raise failure
+        _write_decoded(label, snapshot, chain[len(processors) :], out)
     if snapshot.format == compat.FORMAT:
         image = compat.decode(model, Path(path).read_bytes(), processors)
         Path(path).write_bytes(image)
+
+
+def _journal(model: ModelType, snapshot: Any) -> tuple[list[tuple[int, int, bytes]], int]:
+    """The decoded deltas stored after ``snapshot``, in order, and their stored bytes.
+
+    A gap in their generations is an error."""
+    from .journal import DELTA_FORMAT, DELTA_FORMAT_VERSION
+    from .models import PersistentStorage
+
+    label = model._meta.label
+    deltas = []
+    size = 0
+    expected = snapshot.generation + 1
+    rows = stored_rows(model).filter(
+        kind=PersistentStorage.KIND_DELTA, generation__gt=snapshot.generation
+    )
+    for delta in rows.order_by("generation"):
+        if delta.generation != expected:
+            raise RestoreError(
+                f"{label}: the journal after the snapshot (generation "
+                f"{snapshot.generation}) is missing generation {expected}"
+            )
+        if delta.format != DELTA_FORMAT or delta.format_version > DELTA_FORMAT_VERSION:
+            raise RestoreError(
+                f"{label}: journal delta format {delta.format!r} version "
+                f"{delta.format_version} is not supported by this version of django-memdb"
+            )
+        out = io.BytesIO()
+        _write_decoded(label, delta, list(delta.codecs or []), out)
+        deltas.append((delta.generation, delta.row_count, out.getvalue()))
+        size += delta.size
+        expected += 1
+    return deltas, size
+
+
+def _write_decoded(label: str, stored: Any, chain: list[str], out: Any) -> None:
+    """Decode a stored row's chunks into ``out``, verifying its checksum on the way.
+
+    A chunk that fails to decode is reported as a checksum mismatch when the stored
+    bytes do not match their checksum (corruption), as a codec error when they do (a
+    wrong key, a codec no longer configured).
+    """
+    what = "snapshot" if stored.kind == "snapshot" else "journal delta"
+    digest, failure = hashlib.sha256(), None
+    for data in _stored_chunks(label, stored):
+        digest.update(data)
+        if failure is None:
+            try:
+                out.write(codecs.decode(chain, data, label=label))
+            except MemdbError as exc:
+                failure = exc
+    if digest.hexdigest() != stored.checksum:
+        raise RestoreError(
+            f"{label}: checksum mismatch, the stored {what} (generation "
+            f"{stored.generation}) is corrupt"
+        )
+    if failure is not None:
+        raise failure
 
 
 def _stored_chunks(label: str, snapshot: Any) -> Iterator[bytes]:
@@ -272,14 +332,23 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
                     f"SELECT {', '.join(values)} FROM {schema}.{q}",
                     params,
                 )
+                expected = job.snapshot.row_count
+                if job.deltas:
+                    fill = _fill(columns, values, params)
+                    expected = job.deltas[-1][1]
+                    for _, _, payload in job.deltas:
+                        apply_delta(
+                            conn, f"main.{q}", columns, fill, payload, job.model._meta.label
+                        )
                 job.rows = conn.execute(f"SELECT count(*) FROM main.{q}").fetchone()[0]
-                if job.rows != job.snapshot.row_count:
+                if job.rows != expected:
+                    what = "its journal" if job.deltas else "the snapshot"
                     raise RestoreError(
-                        f"{job.model._meta.label}: the snapshot says "
-                        f"{job.snapshot.row_count} rows but holds {job.rows}"
+                        f"{job.model._meta.label}: {what} says {expected} rows but holds {job.rows}"
                     )
-                for sql in store.create_triggers_sql(table):
+                for sql in store.create_triggers_sql(job.model):
                     conn.execute(sql)
+                store.reset_tracking(conn, job.model)
                 job.seq = store.read_seq(conn, table)
 
         conn.execute("PRAGMA foreign_keys = ON")
@@ -298,6 +367,12 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
     finally:
         for schema in attached:
             conn.execute(f"DETACH DATABASE {schema}")
+
+
+def _fill(columns: list[str], values: list[str], params: list[Any]) -> dict[str, Any]:
+    """The default of each column the snapshot does not have (its value is a ``?``)."""
+    defaults = iter(params)
+    return {column: next(defaults) for column, value in zip(columns, values) if value == "?"}
 
 
 def _plan(
@@ -431,3 +506,39 @@ def _stored_labels() -> set[str]:
 
     rows = PersistentStorage.objects.using(storage_alias()).values_list("app_label", "model_name")
     return {f"{app}.{name}" for app, name in rows}
+
+
+def materialize(model: ModelType, stack: ExitStack) -> tuple[Any, int, int, str] | None:
+    """The stored snapshot with its journal replayed, as a table in a scratch file.
+
+    ``(snapshot row, last delta's generation, rows, path)``, or None when there is no
+    journal to fold (or storage changed while it was read). Used by compaction; reads
+    storage only.
+    """
+    label = model._meta.label
+    snapshot = stored_snapshots(model).order_by("-generation").first()
+    column = store.journal_column(model)
+    if snapshot is None or snapshot.format != SNAPSHOT_FORMAT or column is None:
+        return None
+    path = stack.enter_context(scratch_file("fold"))
+    try:
+        _decode_into(model, snapshot, path)
+        deltas, _ = _journal(model, snapshot)
+    except _Replaced:
+        return None
+    if not deltas:
+        return None
+    q = store.quote(model._meta.db_table)
+    with closing(sqlite3.connect(path, isolation_level=None)) as conn:
+        conn.execute("PRAGMA journal_mode = OFF")
+        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({q})")]
+        conn.execute(f"CREATE INDEX memdb_fold_key ON {q} ({store.quote(column)})")
+        conn.execute("BEGIN")
+        for _, _, payload in deltas:
+            apply_delta(conn, f"main.{q}", columns, {}, payload, label)
+        conn.execute("COMMIT")
+        rows = conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0]
+    generation, expected = deltas[-1][0], deltas[-1][1]
+    if rows != expected:
+        raise RestoreError(f"{label}: its journal says {expected} rows but folds into {rows}")
+    return snapshot, generation, rows, path

@@ -26,10 +26,18 @@ from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
 from typing import IO, Any
 
-from django.db import DatabaseError, IntegrityError, connections, router, transaction
+from django.db import (
+    DatabaseError,
+    IntegrityError,
+    OperationalError,
+    connections,
+    router,
+    transaction,
+)
+from django.db.models import Q
 from django.utils import timezone
 
-from . import codecs, compat, signals, store
+from . import codecs, compat, journal, signals, store
 from .conf import memdb_settings
 from .exceptions import ConflictError, MemdbError, ProtectedTableError, SpoolError
 from .models import PersistentStorage, SnapshotChunk
@@ -51,6 +59,8 @@ class SpoolResult:
     unchanged: bool = False
     #: How many ``SnapshotChunk`` rows hold it.
     chunks: int = 0
+    #: "snapshot" (the whole table) or "delta" (the rows changed since the last spool).
+    kind: str = "snapshot"
 
 
 def storage_alias() -> str:
@@ -63,6 +73,13 @@ def stored_snapshots(model: ModelType) -> Any:
         app_label=model._meta.app_label,
         model_name=model_name_of(model),
         kind=PersistentStorage.KIND_SNAPSHOT,
+    )
+
+
+def stored_rows(model: ModelType) -> Any:
+    """The queryset of all of ``model``'s stored rows: its snapshot and journal deltas."""
+    return PersistentStorage.objects.using(storage_alias()).filter(
+        app_label=model._meta.app_label, model_name=model_name_of(model)
     )
 
 
@@ -220,30 +237,52 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             if unchanged is not None:
                 return unchanged
         signals.pre_spool.send(sender=model, label=label)
+        kind = PersistentStorage.KIND_SNAPSHOT
         try:
             with contextlib.ExitStack() as stack:
                 conn = stack.enter_context(store.raw_connection(state.name))
                 stream: IO[bytes]
-                if compat.hooks_connected():
-                    seq, rows, payload, processors = compat.encode(model, conn)
-                    stream, fmt = io.BytesIO(payload), compat.FORMAT
+                if not force and _delta_fits(model, conn, table_state, chain):
+                    delta = journal.read_delta(conn, model, state.gate)
+                    seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
+                    generation, size, chunks = write_delta(
+                        model,
+                        payload=delta.payload,
+                        rows=rows,
+                        chain=chain,
+                        expected=table_state.generation,
+                    )
+                    table_state.journal_bytes += size
+                    table_state.journal_count += 1
                 else:
-                    path = stack.enter_context(scratch_file("spool"))
-                    seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
-                    stream = stack.enter_context(open(path, "rb"))
-                    processors, fmt = [], SNAPSHOT_FORMAT
-                generation, size, chunks = write_snapshot(
-                    model,
-                    chunks=encoded_chunks(stream, chain, label),
-                    rows=rows,
-                    chain=(*processors, *chain),
-                    fmt=fmt,
-                    expected=table_state.generation,
-                    force=force,
-                )
+                    if compat.hooks_connected():
+                        seq, rows, payload, processors = compat.encode(model, conn)
+                        stream, fmt = io.BytesIO(payload), compat.FORMAT
+                    else:
+                        path = stack.enter_context(scratch_file("spool"))
+                        seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
+                        stream = stack.enter_context(open(path, "rb"))
+                        processors, fmt = [], SNAPSHOT_FORMAT
+                    generation, size, chunks = write_snapshot(
+                        model,
+                        chunks=encoded_chunks(stream, chain, label),
+                        rows=rows,
+                        chain=(*processors, *chain),
+                        fmt=fmt,
+                        expected=table_state.generation,
+                        force=force,
+                    )
+                    table_state.base = (
+                        fmt,
+                        (*processors, *chain),
+                        tuple(codecs.key_ids(chain, label=label)),
+                    )
+                    table_state.base_bytes, table_state.journal_bytes = size, 0
+                    table_state.journal_count = 0
                 table_state.generation = generation
                 table_state.restore_error = None
                 table_state.spooled_seq = seq
+                journal.forget(conn, model, seq)
         except MemdbError:
             raise
         except Exception as exc:
@@ -255,15 +294,51 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             milliseconds=round((time.perf_counter() - started) * 1000, 3),
             generation=generation,
             chunks=chunks,
+            kind=kind,
         )
+        if kind == PersistentStorage.KIND_DELTA and (
+            table_state.journal_bytes > journal.JOURNAL_RATIO * table_state.base_bytes
+            or table_state.journal_count >= journal.JOURNAL_MAX
+        ):
+            journal.request_compaction(model)
     signals.post_spool.send(sender=model, label=label, result=result)
     return result
+
+
+def _delta_fits(
+    model: ModelType,
+    conn: sqlite3.Connection,
+    table_state: store.TableState,
+    chain: tuple[str, ...],
+) -> bool:
+    """Whether this spool may store only the changed rows.
+
+    It may when the table has the ``commit`` policy (spooled at every write) and keeps
+    a journal, this process knows the stored snapshot the delta builds on (same
+    format, codec chain and keys as now), and few rows changed.
+    """
+    if policy_of(model) != "commit":
+        return False  # the other policies spool seldom: a whole snapshot each time
+    if not table_state.generation or table_state.base is None or compat.hooks_connected():
+        return False
+    if not store.journal_column(model):
+        return False
+    fmt, base_chain, base_keys = table_state.base
+    if (
+        fmt != SNAPSHOT_FORMAT
+        or base_chain != tuple(chain)
+        or base_keys != tuple(codecs.key_ids(chain, label=model._meta.label))
+    ):
+        return False
+    table = model._meta.db_table
+    changed = journal.changed_count(conn, table)
+    return changed <= max(100, journal.DELTA_MAX_SHARE * store.read_rows(conn, table))
 
 
 def _unchanged(
     model: ModelType, state: store.StoreState, chain: tuple[str, ...]
 ) -> SpoolResult | None:
-    """The stored snapshot's figures if it already holds this table as it is now.
+    """The stored figures if storage already holds this table as it is now.
 
     Rewriting an identical snapshot would cost a whole table's write and bump the
     generation under the feet of another process that shares the storage (a management
@@ -275,12 +350,14 @@ def _unchanged(
     with store.raw_connection(state.name) as conn:
         if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
             return None
+    latest = stored_rows(model).order_by("-generation").values("generation", "row_count").first()
     stored = (
         stored_snapshots(model)
-        .values("generation", "row_count", "size", "codecs", "key_ids", "format", "chunk_count")
+        .order_by("-generation")
+        .values("size", "codecs", "key_ids", "format", "chunk_count")
         .first()
     )
-    if stored is None or stored["generation"] != table_state.generation:
+    if stored is None or latest is None or latest["generation"] != table_state.generation:
         return None
     recorded = list(stored["codecs"] or [])
     codec_part = [n for n in recorded if not n.startswith(codecs.PROCESSOR_PREFIX)]
@@ -293,10 +370,10 @@ def _unchanged(
         return None
     return SpoolResult(
         label=model._meta.label,
-        rows=stored["row_count"],
+        rows=latest["row_count"],
         bytes=stored["size"],
         milliseconds=0.0,
-        generation=stored["generation"],
+        generation=latest["generation"],
         unchanged=True,
         chunks=stored["chunk_count"],
     )
@@ -323,7 +400,7 @@ def write_snapshot(
     me = writer_id()
     try:
         with transaction.atomic(using=alias):
-            existing = stored_snapshots(model)
+            existing = stored_rows(model)
             if connections[alias].vendor == "sqlite":
                 # SQLite has no row locks: take its write lock first (a write that
                 # changes nothing), so a concurrent spool waits its turn instead of
@@ -342,32 +419,19 @@ def write_snapshot(
             # the unique constraint refuses the second, whatever the isolation level.
             known = current["generation"] if current else 0
             generation = (max(known, expected or 0) if force else expected or known) + 1
-            header = PersistentStorage.objects.using(alias).create(
-                app_label=model._meta.app_label,
-                model_name=model_name_of(model),
+            size, count = _insert_with_chunks(
+                model,
+                alias,
+                chunks,
                 kind=PersistentStorage.KIND_SNAPSHOT,
-                format=fmt,
+                fmt=fmt,
                 format_version=FORMAT_VERSION,
-                codecs=list(chain),
-                key_ids=codecs.key_ids(chain, label=label),
-                row_count=rows,
-                size=0,
-                checksum="",
-                chunk_count=0,
+                chain=chain,
+                rows=rows,
                 generation=generation,
-                written_by=me,
                 created_at=current["created_at"] if current else now,
-                updated_at=now,
             )
-            digest, size, count = hashlib.sha256(), 0, 0
-            for number, data in enumerate(chunks):
-                SnapshotChunk.objects.using(alias).create(snapshot=header, number=number, data=data)
-                digest.update(data)
-                size, count = size + len(data), count + 1
-            PersistentStorage.objects.using(alias).filter(pk=header.pk).update(
-                size=size, checksum=digest.hexdigest(), chunk_count=count
-            )
-            old = existing.exclude(pk=header.pk)
+            old = existing.exclude(generation=generation, kind=PersistentStorage.KIND_SNAPSHOT)
             # A locking read sees what committed meanwhile (even under MariaDB's
             # REPEATABLE READ): a snapshot another process stored while this one was
             # writing is refused here, not deleted below.
@@ -377,29 +441,241 @@ def write_snapshot(
                 .values("generation", "written_by", "updated_at", "created_at", "pk")
             )
             for row in newer:
-                if not force and row["generation"] != expected:
+                if not force and row["generation"] > (expected or 0):
                     _check_generation(label, row, expected, force, me)
             SnapshotChunk.objects.using(alias).filter(snapshot__in=old).delete()
             old.delete()
     except IntegrityError as exc:
-        latest = stored_snapshots(model).order_by("-generation").values("written_by").first()
-        winner = latest["written_by"] if latest else "unknown"
-        message = (
-            f"{label}: a snapshot written by {winner} was stored at the same time; this "
-            f"process ({me}) was refused and its snapshot not stored. Restore to take its "
-            f"data, or spool with force to overwrite it"
-        )
-        store.logger.warning("memdb: conflict: %s (%s)", message, exc)
-        raise ConflictError(message) from exc
+        raise _lost_race(model, exc) from exc
     except DatabaseError as exc:
-        raise SpoolError(
-            f"{label} was not spooled: the default database refused the snapshot "
-            f"({store.describe(exc)}); a server packet limit (MariaDB max_allowed_packet) "
-            f"calls for a smaller MEMDB['CHUNK_SIZE']"
-            if _packet_too_large(exc)
-            else f"{label} was not spooled: {store.describe(exc)}"
-        ) from exc
+        raise _storage_error(label, exc) from exc
     return generation, size, count
+
+
+def write_delta(
+    model: ModelType,
+    *,
+    payload: bytes,
+    rows: int,
+    chain: tuple[str, ...],
+    expected: int | None,
+) -> tuple[int, int, int]:
+    """Append a journal delta as generation ``expected + 1``; never forced.
+
+    ``(generation, bytes stored, chunks stored)``. The same checks as a snapshot's
+    guard it: the latest stored generation must be the one this process knows, and
+    the unique constraint refuses a second delta of the same generation. A deadlock
+    with a compaction of the same journal (InnoDB may pick the delta as its victim)
+    is retried.
+    """
+    label = model._meta.label
+    for attempt in range(DEADLOCK_RETRIES):
+        try:
+            return _write_delta_once(model, payload, rows, chain, expected)
+        except OperationalError as exc:
+            if attempt + 1 == DEADLOCK_RETRIES or not _is_deadlock(exc):
+                raise _storage_error(label, exc) from exc
+            store.logger.info("memdb: %s: deadlock storing a delta, retrying", label)
+        except IntegrityError as exc:
+            raise _lost_race(model, exc) from exc
+        except DatabaseError as exc:
+            raise _storage_error(label, exc) from exc
+    raise AssertionError("unreachable")  # pragma: no cover
+
+
+DEADLOCK_RETRIES = 3
+
+
+def _is_deadlock(exc: BaseException) -> bool:
+    code = getattr(exc, "args", [None])[0] if exc.args else None
+    cause = exc.__cause__
+    sqlstate = getattr(cause, "sqlstate", None)
+    return code in (1213, 1205) or sqlstate in ("40P01", "40001") or "deadlock" in str(exc).lower()
+
+
+def _latest(existing: Any) -> dict[str, Any] | None:
+    row: dict[str, Any] | None = (
+        existing.select_for_update()
+        .order_by("-generation")
+        .values("pk", "generation", "created_at", "written_by", "updated_at")
+        .first()
+    )
+    return row
+
+
+def _write_delta_once(
+    model: ModelType, payload: bytes, rows: int, chain: tuple[str, ...], expected: int | None
+) -> tuple[int, int, int]:
+    label = model._meta.label
+    alias = storage_alias()
+    generation = (expected or 0) + 1
+    with transaction.atomic(using=alias):
+        existing = stored_rows(model)
+        if connections[alias].vendor == "sqlite":
+            existing.filter(generation=0).update(generation=0)
+        current = _latest(existing)
+        if current is None or current["generation"] != expected:
+            # The row this read waited on may have been replaced meanwhile (PostgreSQL
+            # then returns nothing): a second read sees what committed.
+            current = _latest(existing)
+        if current is None:
+            raise ConflictError(
+                f"{label}: its stored snapshot is gone (discarded by another process?); "
+                f"spool again to store the whole table"
+            )
+        if current["generation"] != expected:
+            _check_generation(label, current, expected, False, writer_id())
+        size, count = _insert_with_chunks(
+            model,
+            alias,
+            encoded_chunks(io.BytesIO(payload), chain, label),
+            kind=PersistentStorage.KIND_DELTA,
+            fmt=journal.DELTA_FORMAT,
+            format_version=journal.DELTA_FORMAT_VERSION,
+            chain=chain,
+            rows=rows,
+            generation=generation,
+            created_at=current["created_at"],
+        )
+    return generation, size, count
+
+
+def _storage_error(label: str, exc: BaseException) -> SpoolError:
+    return SpoolError(
+        f"{label} was not spooled: the default database refused it "
+        f"({store.describe(exc)}); a server packet limit (MariaDB max_allowed_packet) "
+        f"calls for a smaller MEMDB['CHUNK_SIZE']"
+        if _packet_too_large(exc)
+        else f"{label} was not spooled: {store.describe(exc)}"
+    )
+
+
+def _insert_with_chunks(
+    model: ModelType,
+    alias: str,
+    chunks: Iterable[bytes],
+    *,
+    kind: str,
+    fmt: str,
+    format_version: int,
+    chain: tuple[str, ...],
+    rows: int,
+    generation: int,
+    created_at: Any,
+) -> tuple[int, int]:
+    """Insert one stored row and its chunks (inside the caller's transaction)."""
+    label = model._meta.label
+    header = PersistentStorage.objects.using(alias).create(
+        app_label=model._meta.app_label,
+        model_name=model_name_of(model),
+        kind=kind,
+        format=fmt,
+        format_version=format_version,
+        codecs=list(chain),
+        key_ids=codecs.key_ids(chain, label=label),
+        row_count=rows,
+        size=0,
+        checksum="",
+        chunk_count=0,
+        generation=generation,
+        written_by=writer_id(),
+        created_at=created_at,
+        updated_at=timezone.now(),
+    )
+    digest, size, count = hashlib.sha256(), 0, 0
+    for number, data in enumerate(chunks):
+        SnapshotChunk.objects.using(alias).create(snapshot=header, number=number, data=data)
+        digest.update(data)
+        size, count = size + len(data), count + 1
+    PersistentStorage.objects.using(alias).filter(pk=header.pk).update(
+        size=size, checksum=digest.hexdigest(), chunk_count=count
+    )
+    return size, count
+
+
+def _lost_race(model: ModelType, exc: BaseException) -> ConflictError:
+    latest = stored_rows(model).order_by("-generation").values("written_by").first()
+    winner = latest["written_by"] if latest else "unknown"
+    message = (
+        f"{model._meta.label}: a snapshot written by {winner} was stored at the same "
+        f"time; this process ({writer_id()}) was refused and its snapshot not stored. "
+        f"Restore to take its data, or spool with force to overwrite it"
+    )
+    store.logger.warning("memdb: conflict: %s (%s)", message, exc)
+    return ConflictError(message)
+
+
+def compact_stored(model: ModelType) -> int | None:
+    """Fold the stored snapshot and the deltas after it into a new snapshot.
+
+    From storage only, in a scratch file: the snapshot is decoded, the deltas up to the
+    last one ``L`` replayed, and the result stored as the snapshot of generation ``L``
+    in one transaction that drops the rows it replaces, unless storage changed
+    meanwhile (another spool replaced the snapshot): then nothing is written.
+    """
+    from .restore import materialize
+
+    label = model._meta.label
+    alias = storage_alias()
+    with contextlib.ExitStack() as stack:
+        folded = materialize(model, stack)
+        if folded is None:
+            return None
+        base, last, rows, path = folded
+        image = stack.enter_context(scratch_file("compact"))
+        with contextlib.closing(sqlite3.connect(image, isolation_level=None)) as conn:
+            conn.execute("PRAGMA journal_mode = OFF")
+            conn.execute("ATTACH DATABASE ? AS folded", (path,))
+            q = store.quote(model._meta.db_table)
+            conn.execute(f"CREATE TABLE main.{q} AS SELECT * FROM folded.{q}")
+            conn.execute("DETACH DATABASE folded")
+        chain = tuple(base.codecs or ())
+        with transaction.atomic(using=alias), open(image, "rb") as stream:
+            existing = stored_rows(model)
+            if connections[alias].vendor == "sqlite":
+                existing.filter(generation=0).update(generation=0)
+            _latest(existing)  # the lock a delta takes first, so the two queue up
+            latest_snapshot = (
+                existing.select_for_update()
+                .filter(kind=PersistentStorage.KIND_SNAPSHOT)
+                .order_by("-generation")
+                .values_list("pk", flat=True)
+                .first()
+            )
+            if latest_snapshot != base.pk:
+                return None
+            _insert_with_chunks(
+                model,
+                alias,
+                encoded_chunks(stream, chain, label),
+                kind=PersistentStorage.KIND_SNAPSHOT,
+                fmt=SNAPSHOT_FORMAT,
+                format_version=FORMAT_VERSION,
+                chain=chain,
+                rows=rows,
+                generation=last,
+                created_at=base.created_at,
+            )
+            replaced = existing.filter(
+                Q(kind=PersistentStorage.KIND_SNAPSHOT, generation__lt=last)
+                | Q(kind=PersistentStorage.KIND_DELTA, generation__lte=last)
+            )
+            SnapshotChunk.objects.using(alias).filter(snapshot__in=replaced).delete()
+            replaced.delete()
+    state = store.current_state()
+    table_state = state.table(label)
+    with table_state.lock:
+        if table_state.base is not None:
+            remaining = stored_rows(model).filter(
+                kind=PersistentStorage.KIND_DELTA, generation__gt=last
+            )
+            sizes = list(remaining.values_list("size", flat=True))
+            table_state.base_bytes = (
+                stored_snapshots(model).filter(generation=last).values_list("size", flat=True)
+            ).first() or table_state.base_bytes
+            table_state.journal_bytes, table_state.journal_count = sum(sizes), len(sizes)
+    store.logger.info("memdb: %s: journal folded into a snapshot at generation %s", label, last)
+    return last
 
 
 def _check_generation(

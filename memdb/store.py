@@ -137,6 +137,13 @@ class TableState:
     #: The table's change counter when its last snapshot (spooled or restored) was read.
     spooled_seq: int = 0
     lock: threading.Lock = field(default_factory=threading.Lock)
+    #: Format, codec chain and key ids of the stored snapshot deltas build on (None:
+    #: unknown here, so the next spool writes a whole snapshot).
+    base: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
+    #: Bytes of that snapshot, and of the deltas stored after it, and their number.
+    base_bytes: int = 0
+    journal_bytes: int = 0
+    journal_count: int = 0
 
 
 @dataclass
@@ -267,28 +274,76 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
                     editor.create_model(model)
     statements = []
     for model in models:
-        counter = quote(changes_table(model._meta.db_table))
-        statements.append(f"CREATE TABLE IF NOT EXISTS {counter} (seq INTEGER NOT NULL)")
+        table = model._meta.db_table
+        counter = quote(changes_table(table))
         statements.append(
-            f"INSERT INTO {counter} (seq) SELECT 0 WHERE NOT EXISTS (SELECT 1 FROM {counter})"
+            f"CREATE TABLE IF NOT EXISTS {counter} "
+            f"(seq INTEGER NOT NULL, rows INTEGER NOT NULL DEFAULT 0)"
         )
-        statements.extend(create_triggers_sql(model._meta.db_table))
+        statements.append(
+            f"INSERT INTO {counter} (seq, rows) SELECT 0, (SELECT count(*) FROM {quote(table)}) "
+            f"WHERE NOT EXISTS (SELECT 1 FROM {counter})"
+        )
+        if journal_column(model):
+            statements.append(
+                f"CREATE TABLE IF NOT EXISTS {quote(journal_table(table))} "
+                f"(pk PRIMARY KEY, seq INTEGER NOT NULL) WITHOUT ROWID"
+            )
+        statements.extend(create_triggers_sql(model))
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
 
 
+def journal_table(table: str) -> str:
+    """The table of the primary keys written to ``table`` since its last spool.
+
+    Each row holds the change counter's value of its last write, so a spool that read
+    the table at counter ``seq`` forgets exactly the keys it stored (``seq`` or less).
+    """
+    return f"memdb_journal_{table}"
+
+
+def journal_column(model: Any) -> str | None:
+    """The primary key column a persistent model's journal records; None: no journal.
+
+    Memory-only models, and models whose key is not one column (a composite primary
+    key), are spooled whole each time.
+    """
+    from .registry import is_persistent
+
+    pk = model._meta.pk
+    if not is_persistent(model) or pk is None or not getattr(pk, "column", None):
+        return None
+    return str(pk.column)
+
+
 TRIGGER_EVENTS = ("INSERT", "UPDATE", "DELETE")
 
 
-def create_triggers_sql(table: str) -> list[str]:
-    """The triggers that count every row written to ``table`` in its counter table."""
-    return [
-        f"CREATE TRIGGER IF NOT EXISTS {quote(f'memdb_{table}_{event.lower()}')} "
-        f"AFTER {event} ON {quote(table)} BEGIN UPDATE {quote(changes_table(table))} "
-        f"SET seq = seq + 1; END"
-        for event in TRIGGER_EVENTS
-    ]
+def create_triggers_sql(model: Any) -> list[str]:
+    """The triggers that count every row written to the model's table (and its row
+    count) in its counter table, and record the written keys in its journal table."""
+    table = model._meta.db_table
+    counter = quote(changes_table(table))
+    column = journal_column(model)
+    statements = []
+    for event in TRIGGER_EVENTS:
+        rows = {"INSERT": ", rows = rows + 1", "DELETE": ", rows = rows - 1"}.get(event, "")
+        body = [f"UPDATE {counter} SET seq = seq + 1{rows};"]
+        if column is not None:
+            keys = {"INSERT": ["NEW"], "UPDATE": ["OLD", "NEW"], "DELETE": ["OLD"]}[event]
+            for ref in keys:
+                body.append(
+                    f"INSERT INTO {quote(journal_table(table))} (pk, seq) "
+                    f"VALUES ({ref}.{quote(column)}, (SELECT seq FROM {counter})) "
+                    f"ON CONFLICT (pk) DO UPDATE SET seq = excluded.seq;"
+                )
+        statements.append(
+            f"CREATE TRIGGER IF NOT EXISTS {quote(f'memdb_{table}_{event.lower()}')} "
+            f"AFTER {event} ON {quote(table)} BEGIN {' '.join(body)} END"
+        )
+    return statements
 
 
 def drop_triggers_sql(table: str) -> list[str]:
@@ -296,6 +351,22 @@ def drop_triggers_sql(table: str) -> list[str]:
         f"DROP TRIGGER IF EXISTS {quote(f'memdb_{table}_{event.lower()}')}"
         for event in TRIGGER_EVENTS
     ]
+
+
+def reset_tracking(conn: sqlite3.Connection, model: Any) -> None:
+    """After a restore: the journal is empty and the counter holds the row count."""
+    table = model._meta.db_table
+    if journal_column(model):
+        conn.execute(f"DELETE FROM {quote(journal_table(table))}")
+    conn.execute(
+        f"UPDATE {quote(changes_table(table))} SET rows = (SELECT count(*) FROM {quote(table)})"
+    )
+
+
+def read_rows(conn: sqlite3.Connection, table: str) -> int:
+    """The row count kept by the triggers (no table scan)."""
+    sql = f"SELECT rows FROM {quote(changes_table(table))}"
+    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0]))
 
 
 def read_seq(

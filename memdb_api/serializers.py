@@ -118,6 +118,11 @@ class SpoolResultSerializer(serializers.Serializer):
         help_text="Nothing changed since the stored snapshot, so none was written."
     )
     chunks = serializers.IntegerField(help_text="How many stored chunks hold the snapshot.")
+    kind = serializers.ChoiceField(
+        choices=["snapshot", "delta"],
+        help_text="snapshot: the whole table was stored; delta: only the rows changed "
+        "since the last spool (commit policy, see the journal in the README).",
+    )
 
 
 class RestoreResultSerializer(serializers.Serializer):

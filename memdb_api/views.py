@@ -278,6 +278,7 @@ class SpoolView(MemdbAPIView):
                             "generation": 5,
                             "unchanged": False,
                             "chunks": 1,
+                            "kind": "snapshot",
                         }
                     ]
                 },

@@ -8,7 +8,9 @@ through ``replace_data`` and ``create_stored`` so they need not know the layout.
 from __future__ import annotations
 
 import hashlib
+import sqlite3
 from collections.abc import Sequence
+from contextlib import ExitStack
 from typing import Any
 
 from django.db import transaction
@@ -21,10 +23,29 @@ SnapshotOrModel = PersistentStorage | type
 
 
 def stored(model: type) -> PersistentStorage:
-    """The stored snapshot row of ``model``."""
+    """The stored snapshot row of ``model`` (not its journal deltas)."""
     return PersistentStorage.objects.get(
-        app_label=model._meta.app_label, model_name=model._meta.object_name
+        app_label=model._meta.app_label,
+        model_name=model._meta.object_name,
+        kind=PersistentStorage.KIND_SNAPSHOT,
     )
+
+
+def stored_table(model: type, columns: str = "player, points") -> list[tuple[Any, ...]]:
+    """``columns`` of every row a restore of ``model`` would give, ordered by id: the
+    stored snapshot with its journal replayed, read from storage alone."""
+    from memdb.restore import materialize
+
+    with ExitStack() as stack:
+        folded = materialize(model, stack)
+        conn = sqlite3.connect(folded[3] if folded else ":memory:")
+        try:
+            if not folded:
+                conn.deserialize(decoded_image(model))
+            sql = f'SELECT {columns} FROM "{model._meta.db_table}" ORDER BY id'
+            return conn.execute(sql).fetchall()
+        finally:
+            conn.close()
 
 
 def _chunk_rows(snapshot_or_model: SnapshotOrModel) -> list[tuple[int, int, Any]]:

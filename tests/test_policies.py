@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import sqlite3
 import threading
 import time
 from collections.abc import Callable
@@ -13,10 +12,10 @@ import pytest
 from django.conf import settings
 from django.db import connections, transaction
 
-from memdb import api, codecs, policies, store
+from memdb import api, policies, store
 from memdb.exceptions import ConflictError
 from memdb.models import PersistentStorage
-from tests.helpers import stored_chunks
+from tests.helpers import stored_table
 from tests.testapp.models import CommitScore, Hit, IntervalScore, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -26,11 +25,13 @@ INTERVAL = float(settings.MEMDB["INTERVAL"])
 
 
 def snapshot(model: type) -> tuple[int, int] | None:
-    """(generation, row_count) of ``model``'s stored snapshot, or None."""
+    """(generation, row_count) of ``model``'s latest stored row (its snapshot or the
+    last delta of its journal), or None."""
     row = (
         PersistentStorage.objects.filter(
             app_label=model._meta.app_label, model_name=model._meta.object_name
         )
+        .order_by("-generation")
         .values_list("generation", "row_count")
         .first()
     )
@@ -47,21 +48,8 @@ def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
 
 
 def stored_rows(model: type) -> list[tuple[str, int]]:
-    """The rows of ``model``'s stored snapshot, decoded as a restore would."""
-    row = PersistentStorage.objects.get(
-        app_label=model._meta.app_label, model_name=model._meta.object_name
-    )
-    image = b"".join(
-        codecs.decode(row.codecs, chunk, label=model._meta.label) for chunk in stored_chunks(model)
-    )
-    conn = sqlite3.connect(":memory:")
-    try:
-        conn.deserialize(image)
-        return conn.execute(
-            f'SELECT player, points FROM "{model._meta.db_table}" ORDER BY id'
-        ).fetchall()
-    finally:
-        conn.close()
+    """The rows of ``model`` as stored (snapshot and journal), decoded as a restore would."""
+    return stored_table(model)
 
 
 def memory_rows(model: type) -> list[tuple[str, int]]:

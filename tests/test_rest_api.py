@@ -49,7 +49,16 @@ TABLE_FIELDS = {
     "restore_state",
     "restore_error",
 }
-SPOOL_FIELDS = {"label", "rows", "bytes", "milliseconds", "generation", "unchanged", "chunks"}
+SPOOL_FIELDS = {
+    "label",
+    "rows",
+    "bytes",
+    "milliseconds",
+    "generation",
+    "unchanged",
+    "chunks",
+    "kind",
+}
 RESTORE_FIELDS = {"label", "rows", "milliseconds", "generation"}
 SLASHES = pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
 

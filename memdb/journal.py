@@ -1,0 +1,206 @@
+"""The journal: a table's changes since its snapshot, stored as small ``delta`` rows.
+
+A spool of a table that has a stored snapshot this process knows, and few changed
+rows, stores only those rows: the triggers record every written primary key in the
+table's journal table (``memdb.store.journal_table``), and a delta holds, for each of
+them, the row as it is now or the fact that it is gone. Its cost is the number of
+changed rows, not the size of the table, which is what makes the ``commit`` policy
+affordable on big tables.
+
+Deltas are ``PersistentStorage`` rows of kind ``delta`` that continue the table's
+generations: snapshot ``g``, then deltas ``g+1``, ``g+2``, ... A restore loads the
+snapshot and replays the deltas after it in order. A delta holds row *states*, read in
+one transaction, so replaying deltas in the order they were read gives the table as of
+the last one, whatever was replayed before it.
+
+When the journal outgrows ``JOURNAL_RATIO`` of its snapshot (or holds ``JOURNAL_MAX``
+deltas), a background thread *compacts* it, like Redis rewrites its append-only file:
+from storage alone (the snapshot and the deltas up to ``L``, folded in a scratch file)
+it writes a new snapshot of generation ``L`` and drops what it replaces. It never
+touches the memory table, so writers never wait for it.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import sqlite3
+import threading
+from dataclasses import dataclass
+from typing import Any
+
+from . import store
+from .registry import ModelType
+
+DELTA_FORMAT = "memdb-delta"
+DELTA_FORMAT_VERSION = 1
+#: A spool stores a delta while the changed rows are at most this share of the table.
+DELTA_MAX_SHARE = 0.2
+#: Compact once the journal's bytes exceed this share of its snapshot's ...
+JOURNAL_RATIO = 0.5
+#: ... or once it holds this many deltas (a restore replays each).
+JOURNAL_MAX = 500
+
+
+@dataclass(frozen=True)
+class Delta:
+    seq: int
+    rows: int
+    changed: int
+    payload: bytes
+
+
+def _encode_value(value: Any) -> Any:
+    if isinstance(value, bytes):
+        return {"b": base64.b64encode(value).decode("ascii")}
+    return value
+
+
+def _decode_value(value: Any) -> Any:
+    if isinstance(value, dict):
+        return base64.b64decode(value["b"])
+    return value
+
+
+def changed_count(conn: sqlite3.Connection, table: str) -> int:
+    sql = f"SELECT count(*) FROM {store.quote(store.journal_table(table))}"
+    return int(store.retry_locked(lambda: conn.execute(sql).fetchone()[0]))
+
+
+def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> Delta:
+    """The changed rows of ``model``'s table as of one instant, as a delta payload.
+
+    One read transaction (the gate closed until it holds its locks) reads the change
+    counter, the row count, the journal's keys and their rows, so the delta is a
+    consistent point-in-time read of the rows it names.
+    """
+    table = model._meta.db_table
+    column = store.journal_column(model)
+    assert column is not None
+    q, j, c = (
+        store.quote(table),
+        store.quote(store.journal_table(table)),
+        store.quote(store.changes_table(table)),
+    )
+
+    def read() -> Delta:
+        seq, rows = conn.execute(f"SELECT seq, rows FROM {c}").fetchone()
+        gate.open()
+        cursor = conn.execute(
+            f"SELECT * FROM main.{q} WHERE {store.quote(column)} IN (SELECT pk FROM {j})"
+        )
+        columns = [d[0] for d in cursor.description]
+        found = cursor.fetchall()
+        keys = [row[0] for row in conn.execute(f"SELECT pk FROM {j}")]
+        index = columns.index(column)
+        present = {row[index] for row in found}
+        upsert = [[_encode_value(v) for v in row] for row in found]
+        deleted = [_encode_value(k) for k in keys if k not in present]
+        payload = json.dumps(
+            {"columns": columns, "pk": column, "upsert": upsert, "delete": deleted},
+            separators=(",", ":"),
+            allow_nan=True,
+        ).encode()
+        return Delta(seq=seq, rows=rows, changed=len(keys), payload=payload)
+
+    with gate.closed():
+        return store.run_locked_transaction(conn, read, immediate=False, gate=gate)
+
+
+def forget(conn: sqlite3.Connection, model: ModelType, seq: int) -> None:
+    """Drop the journal's keys stored by a spool read at counter ``seq``."""
+    if not store.journal_column(model):
+        return
+    j = store.quote(store.journal_table(model._meta.db_table))
+    store.retry_locked(lambda: conn.execute(f"DELETE FROM {j} WHERE seq <= ?", (seq,)))
+
+
+def apply_delta(
+    conn: sqlite3.Connection,
+    target: str,
+    columns: list[str],
+    fill: dict[str, Any],
+    payload: bytes,
+    label: str,
+) -> None:
+    """Replay one delta onto ``target`` (a qualified table name) with ``columns``.
+
+    Its rows replace theirs and its deletions go. ``fill`` gives the value of each of
+    ``columns`` the delta does not have (a field added since); columns the delta has
+    and the table no longer has are dropped.
+    """
+    from .exceptions import RestoreError
+
+    try:
+        delta = json.loads(payload)
+        stored, column = list(delta["columns"]), delta["pk"]
+        upsert, deleted = delta["upsert"], delta["delete"]
+        index = stored.index(column)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise RestoreError(f"{label}: a journal delta is not readable ({exc})") from exc
+    missing = [name for name in columns if name not in stored and name not in fill]
+    if missing:
+        raise RestoreError(
+            f"{label}: a journal delta has no column {', '.join(missing)} and the model "
+            f"gives no default"
+        )
+    gone = [(_decode_value(k),) for k in deleted] + [(_decode_value(r[index]),) for r in upsert]
+    conn.executemany(f"DELETE FROM {target} WHERE {store.quote(column)} = ?", gone)
+    if not upsert:
+        return
+    positions = {name: i for i, name in enumerate(stored)}
+    rows = [
+        [
+            _decode_value(row[positions[name]]) if name in positions else fill[name]
+            for name in columns
+        ]
+        for row in upsert
+    ]
+    conn.executemany(
+        f"INSERT INTO {target} ({', '.join(map(store.quote, columns))}) "
+        f"VALUES ({', '.join('?' for _ in columns)})",
+        rows,
+    )
+
+
+# -- compaction ---------------------------------------------------------------------
+
+_compacting: set[str] = set()
+_compacting_lock = threading.Lock()
+
+
+def request_compaction(model: ModelType) -> bool:
+    """Start compacting ``model``'s journal in a background thread, unless one runs."""
+    label = model._meta.label
+    with _compacting_lock:
+        if label in _compacting:
+            return False
+        _compacting.add(label)
+    threading.Thread(
+        target=_compact_in_background, args=(model,), name=f"memdb-compact-{label}", daemon=True
+    ).start()
+    return True
+
+
+def _compact_in_background(model: ModelType) -> None:
+    from django.db import close_old_connections
+
+    try:
+        compact(model)
+    except Exception:
+        store.logger.exception("memdb: compacting the journal of %s failed", model._meta.label)
+    finally:
+        close_old_connections()
+        with _compacting_lock:
+            _compacting.discard(model._meta.label)
+
+
+def compact(model: ModelType) -> int | None:
+    """Fold the stored snapshot and its deltas into a new snapshot; its generation.
+
+    Works from storage only: the memory table and its writers are not involved, so
+    they never wait for it. None when there was nothing to fold.
+    """
+    from .spooler import compact_stored
+
+    return compact_stored(model)
