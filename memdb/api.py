@@ -7,6 +7,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 from datetime import datetime
+from typing import Any
 
 from django.db import transaction
 
@@ -54,8 +55,11 @@ class TableInfo:
     #: Changed since its last snapshot (always False for memory-only tables).
     dirty: bool
     last_spooled: datetime | None
+    #: Bytes stored: the snapshot and its journal deltas.
     snapshot_bytes: int | None
+    #: Rows a restore would give (the latest generation's row count).
     snapshot_rows: int | None
+    #: The latest stored generation: the snapshot's or its last journal delta's.
     generation: int | None
     codecs: tuple[str, ...]
     #: "ok" (restored in this process), "failed", or "none" (nothing restored).
@@ -175,15 +179,31 @@ def tables(*labels: str) -> list[TableInfo]:
     from .models import PersistentStorage
     from .spooler import storage_alias
 
-    snapshots = {
-        (row["app_label"], row["model_name"]): row
-        for row in PersistentStorage.objects.using(storage_alias())
-        .filter(kind=PersistentStorage.KIND_SNAPSHOT)
+    # Per table, what a restore would give: the latest generation (snapshot or journal
+    # delta) with its row count and time, and the bytes of the snapshot and journal.
+    snapshots: dict[tuple[str, str], dict[str, Any]] = {}
+    for row in (
+        PersistentStorage.objects.using(storage_alias())
         .order_by("generation")
         .values(
-            "app_label", "model_name", "size", "row_count", "generation", "codecs", "updated_at"
+            "app_label",
+            "model_name",
+            "kind",
+            "size",
+            "row_count",
+            "generation",
+            "codecs",
+            "updated_at",
         )
-    }
+    ):
+        key = (row["app_label"], row["model_name"])
+        total = snapshots.get(key, {}).get("size", 0) + row["size"]
+        codecs = row["codecs"] if row["kind"] == PersistentStorage.KIND_SNAPSHOT else None
+        snapshots[key] = {
+            **row,
+            "size": total,
+            "codecs": codecs if codecs is not None else snapshots.get(key, {}).get("codecs"),
+        }
     with store.raw_connection(state.name) as conn:
         seqs = {m._meta.db_table: store.read_seq(conn, m._meta.db_table) for m in models}
         counts = {m._meta.db_table: store.count_rows(conn, m._meta.db_table) for m in models}
@@ -213,7 +233,7 @@ def tables(*labels: str) -> list[TableInfo]:
                 snapshot_bytes=snap["size"] if snap else None,
                 snapshot_rows=snap["row_count"] if snap else None,
                 generation=snap["generation"] if snap else None,
-                codecs=tuple(snap["codecs"]) if snap else (),
+                codecs=tuple(snap["codecs"] or ()) if snap else (),
                 restore_state=restore_state,
                 restore_error=restore_error,
             )
