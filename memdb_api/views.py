@@ -114,12 +114,18 @@ BAD_BODY = {
         "not_persistent",
     )
 }
-THROTTLED = {
+#: Answers only a POST can get: throttled, or a body that is not JSON.
+POSTED = {
     429: _error(
         "Too many spool or restore requests.",
         "Request was throttled. Expected available in 42 seconds.",
         "throttled",
-    )
+    ),
+    415: _error(
+        "A body that is not JSON (send Content-Type: application/json).",
+        'Unsupported media type "text/plain" in request.',
+        "unsupported_media_type",
+    ),
 }
 
 
@@ -262,7 +268,7 @@ class SpoolView(MemdbAPIView):
                 "shop.Score: the stored snapshot is generation 5, written by web-2:4242 at 2026-11-27 03:15:06, but this process last saw generation 4: another process writes this table too. Restore to take its data, or spool with force to overwrite it",
                 "conflict",
             ),
-            **THROTTLED,
+            **POSTED,
         },
         examples=[
             OpenApiExample("some tables", value={"tables": ["shop.Score"]}, request_only=True),
@@ -313,7 +319,7 @@ class RestoreView(MemdbAPIView):
                 "shop.Score: checksum mismatch, the stored snapshot (generation 8) is corrupt",
                 "restore_failed",
             ),
-            **THROTTLED,
+            **POSTED,
         },
         examples=[
             OpenApiExample("some tables", value={"tables": ["shop.Score"]}, request_only=True),
