@@ -38,7 +38,7 @@ METHODS = {"get", "put", "post", "patch", "delete", "head", "options", "trace"}
 
 #: Every operation and the answers it must document.
 DENIED = {"401", "403"}
-BODY = {"400", "404", "409", "429"}
+BODY = {"400", "404", "409", "415", "429"}
 EXPECTED: dict[tuple[str, str], set[str]] = {
     ("get", "/memdb/tables"): {"200"} | DENIED,
     ("get", "/memdb/tables/{label}"): {"200", "404"} | DENIED,
