@@ -144,18 +144,24 @@ def apply_delta(
             f"{label}: a journal delta has no column {', '.join(missing)} and the model "
             f"gives no default"
         )
-    gone = [(_decode_value(k),) for k in deleted] + [(_decode_value(r[index]),) for r in upsert]
-    conn.executemany(f"DELETE FROM {target} WHERE {store.quote(column)} = ?", gone)
-    if not upsert:
-        return
     positions = {name: i for i, name in enumerate(stored)}
-    rows = [
-        [
-            _decode_value(row[positions[name]]) if name in positions else fill[name]
-            for name in columns
+    try:
+        gone = [(_decode_value(k),) for k in deleted]
+        gone += [(_decode_value(r[index]),) for r in upsert]
+        rows = [
+            [
+                _decode_value(row[positions[name]]) if name in positions else fill[name]
+                for name in columns
+            ]
+            for row in upsert
         ]
-        for row in upsert
-    ]
+    except (IndexError, KeyError, TypeError, ValueError) as exc:
+        raise RestoreError(
+            f"{label}: a journal delta is not readable ({type(exc).__name__}: {exc})"
+        ) from exc
+    conn.executemany(f"DELETE FROM {target} WHERE {store.quote(column)} = ?", gone)
+    if not rows:
+        return
     conn.executemany(
         f"INSERT INTO {target} ({', '.join(map(store.quote, columns))}) "
         f"VALUES ({', '.join('?' for _ in columns)})",

@@ -188,6 +188,7 @@ def _prepare(model: ModelType, stack: ExitStack) -> _Job:
         try:
             _decode_into(model, snapshot, job.path)
             job.deltas, job.journal_bytes = _journal(model, snapshot)
+            _still_current(model, snapshot)
             return job
         except _Replaced:
             continue
@@ -218,6 +219,17 @@ def _decode_into(model: ModelType, snapshot: Any, path: str) -> None:
     if snapshot.format == compat.FORMAT:
         image = compat.decode(model, Path(path).read_bytes(), processors)
         Path(path).write_bytes(image)
+
+
+def _still_current(model: ModelType, snapshot: Any) -> None:
+    """Raise ``_Replaced`` if ``snapshot`` is no longer the latest one.
+
+    A compaction (or a spool) that committed while the snapshot and its journal were
+    read replaced them: what was read may lack the journal's rows, so read again.
+    """
+    latest = stored_snapshots(model).order_by("-generation").values_list("pk", flat=True).first()
+    if latest != snapshot.pk:
+        raise _Replaced
 
 
 def _journal(model: ModelType, snapshot: Any) -> tuple[list[tuple[int, int, bytes]], int]:
@@ -334,7 +346,7 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
                 )
                 expected = job.snapshot.row_count
                 if job.deltas:
-                    fill = _fill(columns, values, params)
+                    fill = column_defaults(job.model)
                     expected = job.deltas[-1][1]
                     for _, _, payload in job.deltas:
                         apply_delta(
@@ -367,12 +379,6 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
     finally:
         for schema in attached:
             conn.execute(f"DETACH DATABASE {schema}")
-
-
-def _fill(columns: list[str], values: list[str], params: list[Any]) -> dict[str, Any]:
-    """The default of each column the snapshot does not have (its value is a ``?``)."""
-    defaults = iter(params)
-    return {column: next(defaults) for column, value in zip(columns, values) if value == "?"}
 
 
 def _plan(
@@ -436,10 +442,21 @@ def _check_types(model: ModelType, stored: dict[str, str]) -> None:
         )
 
 
+def column_defaults(model: ModelType) -> dict[str, Any]:
+    """For each column of ``model`` that has a default (or is nullable), its stored value:
+    what a row from a snapshot or delta written before the field existed gets."""
+    connection = connections[memdb_settings.ALIAS]
+    defaults = {}
+    for f in model._meta.local_concrete_fields:
+        if f.column and (f.has_default() or f.null):
+            default = f.get_default() if f.has_default() else None
+            defaults[f.column] = f.get_db_prep_save(default, connection)
+    return defaults
+
+
 def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], list[str], list[Any]]:
     """Target columns, the SELECT expression for each, and the parameters for defaults."""
     label = model._meta.label
-    connection = connections[memdb_settings.ALIAS]
     fields = [(f, f.column) for f in model._meta.local_concrete_fields if f.column]
     current = {column for _, column in fields}
     dropped = [c for c in stored if c not in current]
@@ -451,6 +468,7 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
             stacklevel=2,
         )
         store.logger.warning("memdb: %s: dropped snapshot column(s) %s", label, ", ".join(dropped))
+    defaults = column_defaults(model)
     columns: list[str] = []
     values: list[str] = []
     params: list[Any] = []
@@ -458,9 +476,8 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
         columns.append(column)
         if column in stored:
             values.append(store.quote(column))
-        elif f.has_default() or f.null:
-            default = f.get_default() if f.has_default() else None
-            params.append(f.get_db_prep_save(default, connection))
+        elif column in defaults:
+            params.append(defaults[column])
             values.append("?")
         else:
             raise RestoreError(
@@ -529,13 +546,26 @@ def materialize(model: ModelType, stack: ExitStack) -> tuple[Any, int, int, str]
     if not deltas:
         return None
     q = store.quote(model._meta.db_table)
+    connection = connections[memdb_settings.ALIAS]
+    fill = column_defaults(model)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = OFF")
-        columns = [row[1] for row in conn.execute(f"PRAGMA table_info({q})")]
+        stored = [row[1] for row in conn.execute(f"PRAGMA table_info({q})")]
+        # Fold into the model's columns as they are now: a field added since the
+        # snapshot gets its column (and default), so deltas that have it keep it.
+        for f in model._meta.local_concrete_fields:
+            if f.column and f.column not in stored:
+                conn.execute(
+                    f"ALTER TABLE {q} ADD COLUMN {store.quote(f.column)} "
+                    f"{f.db_type(connection) or ''}"
+                )
+                if f.column in fill:
+                    conn.execute(f"UPDATE {q} SET {store.quote(f.column)} = ?", (fill[f.column],))
+        columns = [f.column for f in model._meta.local_concrete_fields if f.column]
         conn.execute(f"CREATE INDEX memdb_fold_key ON {q} ({store.quote(column)})")
         conn.execute("BEGIN")
         for _, _, payload in deltas:
-            apply_delta(conn, f"main.{q}", columns, {}, payload, label)
+            apply_delta(conn, f"main.{q}", columns, fill, payload, label)
         conn.execute("COMMIT")
         rows = conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0]
     generation, expected = deltas[-1][0], deltas[-1][1]

@@ -732,13 +732,6 @@ def test_compaction_while_writers_keep_writing_loses_nothing(
     restore_and_check(expected, layout()[-1][1])
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="memdb bug: a restore that read the snapshot before a compaction (of this or "
-    "another process) committed then finds no deltas after it (restore._journal) and "
-    "loads the old snapshot alone: the journal's rows are silently missing",
-)
 def test_a_restore_while_the_journal_is_compacted_still_gives_every_row(
     monkeypatch: pytest.MonkeyPatch,
 ) -> None:
@@ -937,32 +930,14 @@ GOOD_COLUMNS = {"columns": COLUMNS, "pk": "id"}
         pytest.param(
             json.dumps({**GOOD_COLUMNS, "upsert": [[1]], "delete": []}).encode(),
             id="short-row",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=IndexError,
-                reason="memdb bug: apply_delta lets IndexError out of api.restore, "
-                "and the table is not protected",
-            ),
         ),
         pytest.param(
             json.dumps({**GOOD_COLUMNS, "upsert": 5, "delete": []}).encode(),
             id="upsert-not-a-list",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=TypeError,
-                reason="memdb bug: apply_delta lets TypeError out of api.restore, "
-                "and the table is not protected",
-            ),
         ),
         pytest.param(
             json.dumps({**GOOD_COLUMNS, "upsert": [], "delete": [{"x": 1}]}).encode(),
             id="bad-bytes-value",
-            marks=pytest.mark.xfail(
-                strict=True,
-                raises=KeyError,
-                reason="memdb bug: apply_delta lets KeyError out of api.restore, "
-                "and the table is not protected",
-            ),
         ),
     ],
 )
@@ -1049,13 +1024,6 @@ def test_a_journal_from_before_a_field_was_added_restores_with_its_default() -> 
     restore_and_check([(pk, player, 0) for pk, player in players], 4)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=RestoreError,
-    reason="memdb bug: a delta lacking a column its snapshot has gets no default "
-    "(journal.apply_delta's fill covers only the columns the snapshot lacks), so the "
-    "restore fails saying the model gives no default",
-)
 def test_a_delta_from_before_a_field_was_added_restores_with_its_default() -> None:
     """The snapshot has ``points`` and a delta does not (written by a process running a
     model without the field, e.g. after a rollback of a deploy that added it)."""
@@ -1068,13 +1036,6 @@ def test_a_delta_from_before_a_field_was_added_restores_with_its_default() -> No
     restore_and_check(expected, 2)
 
 
-@pytest.mark.xfail(
-    strict=True,
-    raises=AssertionError,
-    reason="memdb bug: compaction folds the deltas into the snapshot's columns "
-    "(restore.materialize), so a field added since the snapshot loses the values "
-    "written since",
-)
 def test_compaction_keeps_a_field_added_since_the_snapshot() -> None:
     seed(3)
     snapshot_without_points()
