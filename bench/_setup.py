@@ -2,7 +2,8 @@
 
 Each benchmark calls ``configure_django`` once: a SQLite file in ``db_dir`` as the
 default database, the models of ``bench/benchapp``, ``memdb.configure(...)`` and
-``migrate`` for the default database.
+``migrate`` for the default database. ``settings_for`` gives the same settings as a dict,
+for a benchmark that configures other default databases or child processes itself.
 """
 
 from __future__ import annotations
@@ -20,6 +21,46 @@ if ROOT not in sys.path:
     sys.path.insert(1, ROOT)  # ``memdb`` when it is not installed
 
 
+def settings_for(
+    db_dir: str,
+    *,
+    memdb_settings: dict | None = None,
+    databases: dict | None = None,
+    default: dict | None = None,
+    apps: tuple[str, ...] = ("benchapp.apps.BenchAppConfig",),
+    use_memdb: bool = True,
+) -> dict:
+    """The settings the benchmarks configure, as a dict for ``settings.configure``.
+
+    The default database is a SQLite file in ``db_dir`` unless ``default`` gives its
+    ``DATABASES`` entry; ``databases`` adds aliases next to it. ``use_memdb=False``
+    leaves ``memdb.configure`` out: the same project without the app.
+    """
+    conf: dict = {
+        "DEBUG": False,
+        "USE_TZ": True,
+        "SECRET_KEY": "bench",
+        "INSTALLED_APPS": list(apps),
+        "DATABASES": {
+            "default": default
+            or {
+                "ENGINE": "django.db.backends.sqlite3",
+                "NAME": os.path.join(db_dir, "default.sqlite3"),
+            },
+            **(databases or {}),
+        },
+        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
+        "LOGGING_CONFIG": None,
+    }
+    if use_memdb:
+        import memdb
+
+        if memdb_settings is not None:
+            conf["MEMDB"] = dict(memdb_settings)
+        memdb.configure(conf)
+    return conf
+
+
 def configure_django(
     db_dir: str, *, memdb_settings: dict | None = None, databases: dict | None = None
 ) -> None:
@@ -31,27 +72,7 @@ def configure_django(
     import django
     from django.conf import settings
 
-    import memdb
-
-    conf: dict = {
-        "DEBUG": False,
-        "USE_TZ": True,
-        "SECRET_KEY": "bench",
-        "INSTALLED_APPS": ["benchapp.apps.BenchAppConfig"],
-        "DATABASES": {
-            "default": {
-                "ENGINE": "django.db.backends.sqlite3",
-                "NAME": os.path.join(db_dir, "default.sqlite3"),
-            },
-            **(databases or {}),
-        },
-        "DEFAULT_AUTO_FIELD": "django.db.models.BigAutoField",
-        "LOGGING_CONFIG": None,
-    }
-    if memdb_settings is not None:
-        conf["MEMDB"] = dict(memdb_settings)
-    memdb.configure(conf)
-    settings.configure(**conf)
+    settings.configure(**settings_for(db_dir, memdb_settings=memdb_settings, databases=databases))
     django.setup()
 
     from django.core.management import call_command

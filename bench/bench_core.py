@@ -131,11 +131,15 @@ def timed_creates(model, n: int, out: list[int], seq: list[int]) -> None:
         out.append(clock() - t0)
 
 
-def bench_create(args, log: SpoolLog) -> list[dict]:
+def bench_create(args, log: SpoolLog, persist=None) -> list[dict]:
+    """Part 1 for one persistent model (``Persist3`` unless ``persist`` names another of
+    the same fields, as bench/bench_perf.py does for the ``manual`` policy)."""
     from benchapp.models import Persist3, Plain3
 
     from memdb import api
 
+    Persist3 = persist or Persist3
+    label = Persist3._meta.label
     results = []
     seq = [0]
     for size in args.sizes:
@@ -156,7 +160,7 @@ def bench_create(args, log: SpoolLog) -> list[dict]:
             # (a) spooler ON: both models in alternating blocks (ABBA order), for a window
             #     of INTERVAL seconds so it holds about one background spool of Persist3,
             #     the steady state of a table that is written all the time.
-            assert not is_dirty(PERSIST)
+            assert not is_dirty(label)
             plain_ns: list[int] = []
             persist_ns: list[int] = []
             gc.collect()
@@ -192,7 +196,7 @@ def bench_create(args, log: SpoolLog) -> list[dict]:
                 timed_creates(Plain3, BLOCK, idle_ns, seq)
             gc.enable()
             Plain3.objects.filter(pk__gt=plain_pk0).delete()
-            assert not is_dirty(PERSIST)
+            assert not is_dirty(label)
 
             for key, ns in (("idle", idle_ns), ("plain", plain_ns), ("persist", persist_ns)):
                 per_round[key].append(statistics.fmean(ns))
@@ -229,7 +233,7 @@ def bench_create(args, log: SpoolLog) -> list[dict]:
         )
     Plain3.objects.all().delete()
     Persist3.objects.all().delete()
-    api.spool(PERSIST)
+    api.spool(label)
     return results
 
 
