@@ -62,7 +62,13 @@ class PersistentStorage(models.Model):
                 name="memdb_storage_one_per_generation",
             )
         ]
-        indexes = [models.Index(fields=["app_label", "model_name"], name="memdb_storage_table")]
+        indexes = [
+            models.Index(fields=["app_label", "model_name"], name="memdb_storage_table"),
+            # The latest row of a table, whatever its kind: read by every journal write.
+            models.Index(
+                fields=["app_label", "model_name", "generation"], name="memdb_storage_latest"
+            ),
+        ]
 
     def __str__(self) -> str:
         return f"{self.label} {self.kind} #{self.generation}"

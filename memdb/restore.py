@@ -19,7 +19,7 @@ import io
 import sqlite3
 import time
 import warnings
-from collections.abc import Iterator
+from collections.abc import Iterable, Iterator
 from contextlib import ExitStack, closing
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -246,7 +246,9 @@ def _journal(model: ModelType, snapshot: Any) -> tuple[list[tuple[int, int, byte
     rows = stored_rows(model).filter(
         kind=PersistentStorage.KIND_DELTA, generation__gt=snapshot.generation
     )
-    for delta in rows.order_by("generation"):
+    headers = list(rows.order_by("generation"))
+    fetched = _chunks_of(headers)
+    for delta in headers:
         if delta.generation != expected:
             raise RestoreError(
                 f"{label}: the journal after the snapshot (generation "
@@ -258,14 +260,49 @@ def _journal(model: ModelType, snapshot: Any) -> tuple[list[tuple[int, int, byte
                 f"{delta.format_version} is not supported by this version of django-memdb"
             )
         out = io.BytesIO()
-        _write_decoded(label, delta, list(delta.codecs or []), out)
+        _write_decoded(label, delta, list(delta.codecs or []), out, _checked(label, delta, fetched))
         deltas.append((delta.generation, delta.row_count, out.getvalue()))
         size += delta.size
         expected += 1
     return deltas, size
 
 
-def _write_decoded(label: str, stored: Any, chain: list[str], out: Any) -> None:
+def _chunks_of(headers: list[Any]) -> dict[int, list[tuple[int, bytes]]]:
+    """The chunks of several small stored rows (journal deltas), by one query."""
+    from .models import SnapshotChunk
+
+    found: dict[int, list[tuple[int, bytes]]] = {}
+    if not headers:
+        return found
+    chunks = (
+        SnapshotChunk.objects.using(storage_alias())
+        .filter(snapshot_id__in=[h.pk for h in headers])
+        .order_by("snapshot_id", "number")
+        .values_list("snapshot_id", "number", "data")
+    )
+    for snapshot_id, number, data in chunks:
+        found.setdefault(snapshot_id, []).append((number, bytes(data)))
+    return found
+
+
+def _checked(label: str, stored: Any, fetched: dict[int, list[tuple[int, bytes]]]) -> list[bytes]:
+    """``stored``'s chunks from ``fetched``, all there and in order, or an error."""
+    from .models import PersistentStorage
+
+    parts = fetched.get(stored.pk, [])
+    if [number for number, _ in parts] != list(range(stored.chunk_count)):
+        if not PersistentStorage.objects.using(storage_alias()).filter(pk=stored.pk).exists():
+            raise _Replaced
+        raise RestoreError(
+            f"{label}: the stored journal delta (generation {stored.generation}) is "
+            f"truncated: it has {len(parts)} of its {stored.chunk_count} chunks"
+        )
+    return [data for _, data in parts]
+
+
+def _write_decoded(
+    label: str, stored: Any, chain: list[str], out: Any, chunks: Iterable[bytes] | None = None
+) -> None:
     """Decode a stored row's chunks into ``out``, verifying its checksum on the way.
 
     A chunk that fails to decode is reported as a checksum mismatch when the stored
@@ -274,7 +311,7 @@ def _write_decoded(label: str, stored: Any, chain: list[str], out: Any) -> None:
     """
     what = "snapshot" if stored.kind == "snapshot" else "journal delta"
     digest, failure = hashlib.sha256(), None
-    for data in _stored_chunks(label, stored):
+    for data in _stored_chunks(label, stored) if chunks is None else chunks:
         digest.update(data)
         if failure is None:
             try:

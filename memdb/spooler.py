@@ -509,6 +509,7 @@ def _write_delta_once(
     label = model._meta.label
     alias = storage_alias()
     generation = (expected or 0) + 1
+    encoded = list(encoded_chunks(io.BytesIO(payload), chain, label))
     with transaction.atomic(using=alias):
         existing = stored_rows(model)
         if connections[alias].vendor == "sqlite":
@@ -528,7 +529,7 @@ def _write_delta_once(
         size, count = _insert_with_chunks(
             model,
             alias,
-            encoded_chunks(io.BytesIO(payload), chain, label),
+            encoded,
             kind=PersistentStorage.KIND_DELTA,
             fmt=journal.DELTA_FORMAT,
             format_version=journal.DELTA_FORMAT_VERSION,
@@ -563,8 +564,18 @@ def _insert_with_chunks(
     generation: int,
     created_at: Any,
 ) -> tuple[int, int]:
-    """Insert one stored row and its chunks (inside the caller's transaction)."""
+    """Insert one stored row and its chunks (inside the caller's transaction).
+
+    Chunks given as a list (a delta, encoded beforehand) are inserted with the row's
+    size and checksum known up front; an iterator (a snapshot, streamed) is consumed
+    one chunk at a time and the row updated at the end.
+    """
     label = model._meta.label
+    known = isinstance(chunks, list)
+    digest = hashlib.sha256()
+    if known:
+        for data in chunks:
+            digest.update(data)
     header = PersistentStorage.objects.using(alias).create(
         app_label=model._meta.app_label,
         model_name=model_name_of(model),
@@ -574,15 +585,21 @@ def _insert_with_chunks(
         codecs=list(chain),
         key_ids=codecs.key_ids(chain, label=label),
         row_count=rows,
-        size=0,
-        checksum="",
-        chunk_count=0,
+        size=sum(map(len, chunks)) if known else 0,  # type: ignore[arg-type]
+        checksum=digest.hexdigest() if known else "",
+        chunk_count=len(chunks) if known else 0,  # type: ignore[arg-type]
         generation=generation,
         written_by=writer_id(),
         created_at=created_at,
         updated_at=timezone.now(),
     )
-    digest, size, count = hashlib.sha256(), 0, 0
+    if known:
+        SnapshotChunk.objects.using(alias).bulk_create(
+            SnapshotChunk(snapshot=header, number=number, data=data)
+            for number, data in enumerate(chunks)
+        )
+        return header.size, header.chunk_count
+    size, count = 0, 0
     for number, data in enumerate(chunks):
         SnapshotChunk.objects.using(alias).create(snapshot=header, number=number, data=data)
         digest.update(data)
@@ -609,9 +626,9 @@ def compact_stored(model: ModelType) -> int | None:
     """Fold the stored snapshot and the deltas after it into a new snapshot.
 
     From storage only, in a scratch file: the snapshot is decoded, the deltas up to the
-    last one ``L`` replayed, and the result stored as the snapshot of generation ``L``
-    in one transaction that drops the rows it replaces, unless storage changed
-    meanwhile (another spool replaced the snapshot): then nothing is written.
+    last one ``L`` replayed, and the result stored as the snapshot of generation ``L``;
+    then the rows it replaces are dropped. Unless storage changed meanwhile (a whole
+    snapshot was stored): then nothing is left of it.
     """
     from .restore import materialize
 
@@ -630,38 +647,53 @@ def compact_stored(model: ModelType) -> int | None:
             conn.execute(f"CREATE TABLE main.{q} AS SELECT * FROM folded.{q}")
             conn.execute("DETACH DATABASE folded")
         chain = tuple(base.codecs or ())
-        with transaction.atomic(using=alias), open(image, "rb") as stream:
+        # Phase 1: store the new snapshot beside the old rows, taking no lock a delta
+        # waits for (the latest row's): writers go on appending deltas meanwhile. A
+        # restore already takes it, with the deltas after it.
+        try:
+            with transaction.atomic(using=alias), open(image, "rb") as stream:
+                existing = stored_rows(model)
+                if connections[alias].vendor == "sqlite":
+                    existing.filter(generation=0).update(generation=0)
+                if _latest_snapshot(existing) != base.pk:
+                    return None
+                _insert_with_chunks(
+                    model,
+                    alias,
+                    encoded_chunks(stream, chain, label),
+                    kind=PersistentStorage.KIND_SNAPSHOT,
+                    fmt=SNAPSHOT_FORMAT,
+                    format_version=FORMAT_VERSION,
+                    chain=chain,
+                    rows=rows,
+                    generation=last,
+                    created_at=base.created_at,
+                )
+        except IntegrityError:
+            return None  # another process compacted to the same generation
+        # Phase 2, short: drop what the new snapshot replaces. A crash before it leaves
+        # both, which restores the same (the newest snapshot and the deltas after it).
+        with transaction.atomic(using=alias):
             existing = stored_rows(model)
-            if connections[alias].vendor == "sqlite":
-                existing.filter(generation=0).update(generation=0)
-            _latest(existing)  # the lock a delta takes first, so the two queue up
-            latest_snapshot = (
-                existing.select_for_update()
-                .filter(kind=PersistentStorage.KIND_SNAPSHOT)
+            ours = existing.filter(kind=PersistentStorage.KIND_SNAPSHOT, generation=last)
+            newest = (
+                existing.filter(kind=PersistentStorage.KIND_SNAPSHOT)
                 .order_by("-generation")
-                .values_list("pk", flat=True)
+                .values_list("generation", flat=True)
                 .first()
             )
-            if latest_snapshot != base.pk:
-                return None
-            _insert_with_chunks(
-                model,
-                alias,
-                encoded_chunks(stream, chain, label),
-                kind=PersistentStorage.KIND_SNAPSHOT,
-                fmt=SNAPSHOT_FORMAT,
-                format_version=FORMAT_VERSION,
-                chain=chain,
-                rows=rows,
-                generation=last,
-                created_at=base.created_at,
-            )
-            replaced = existing.filter(
-                Q(kind=PersistentStorage.KIND_SNAPSHOT, generation__lt=last)
-                | Q(kind=PersistentStorage.KIND_DELTA, generation__lte=last)
+            replaced = (
+                ours  # a whole snapshot stored meanwhile made ours obsolete
+                if newest != last
+                else existing.filter(
+                    Q(kind=PersistentStorage.KIND_SNAPSHOT, generation__lt=last)
+                    | Q(kind=PersistentStorage.KIND_DELTA, generation__lte=last)
+                )
             )
             SnapshotChunk.objects.using(alias).filter(snapshot__in=replaced).delete()
             replaced.delete()
+            if newest != last:
+                return None
     state = store.current_state()
     table_state = state.table(label)
     with table_state.lock:
@@ -676,6 +708,16 @@ def compact_stored(model: ModelType) -> int | None:
             table_state.journal_bytes, table_state.journal_count = sum(sizes), len(sizes)
     store.logger.info("memdb: %s: journal folded into a snapshot at generation %s", label, last)
     return last
+
+
+def _latest_snapshot(existing: Any) -> int | None:
+    pk: int | None = (
+        existing.filter(kind=PersistentStorage.KIND_SNAPSHOT)
+        .order_by("-generation")
+        .values_list("pk", flat=True)
+        .first()
+    )
+    return pk
 
 
 def _check_generation(

@@ -205,19 +205,31 @@ def keep_alive(name: str) -> None:
             state.keeper = open_raw(name)
 
 
+_raw = threading.local()
+
+
 @contextmanager
 def raw_connection(name: str | None = None) -> Iterator[sqlite3.Connection]:
     """A private connection to the memory database for spool and restore work.
 
     It is separate from Django's, so a snapshot sees committed data only and never
-    joins a transaction the caller has open.
+    joins a transaction the caller has open. Each thread keeps its connection for the
+    next use (opening one costs more than a ``commit`` write's own work); one left in
+    a transaction or by an error is closed instead.
     """
     ensure_ready()
-    conn = open_raw(name or current_name())
+    name = name or current_name()
+    idle: dict[str, sqlite3.Connection] = _raw.__dict__.setdefault("idle", {})
+    conn = idle.pop(name, None) or open_raw(name)
     try:
         yield conn
-    finally:
+    except BaseException:
         conn.close()
+        raise
+    if conn.in_transaction or name in idle:
+        conn.close()
+    else:
+        idle[name] = conn
 
 
 def ensure_ready() -> None:
