@@ -401,11 +401,7 @@ def write_snapshot(
     try:
         with transaction.atomic(using=alias):
             existing = stored_rows(model)
-            if connections[alias].vendor == "sqlite":
-                # SQLite has no row locks: take its write lock first (a write that
-                # changes nothing), so a concurrent spool waits its turn instead of
-                # failing with "database is locked" when it upgrades a read lock.
-                existing.filter(generation=0).update(generation=0)
+            _take_write_lock(existing, alias)
             current = (
                 existing.select_for_update()
                 .order_by("-generation")
@@ -512,8 +508,7 @@ def _write_delta_once(
     encoded = list(encoded_chunks(io.BytesIO(payload), chain, label))
     with transaction.atomic(using=alias):
         existing = stored_rows(model)
-        if connections[alias].vendor == "sqlite":
-            existing.filter(generation=0).update(generation=0)
+        _take_write_lock(existing, alias)
         current = _latest(existing)
         if current is None or current["generation"] != expected:
             # The row this read waited on may have been replaced meanwhile (PostgreSQL
@@ -653,8 +648,7 @@ def compact_stored(model: ModelType) -> int | None:
         try:
             with transaction.atomic(using=alias), open(image, "rb") as stream:
                 existing = stored_rows(model)
-                if connections[alias].vendor == "sqlite":
-                    existing.filter(generation=0).update(generation=0)
+                _take_write_lock(existing, alias)
                 if _latest_snapshot(existing) != base.pk:
                     return None
                 _insert_with_chunks(
@@ -675,6 +669,7 @@ def compact_stored(model: ModelType) -> int | None:
         # both, which restores the same (the newest snapshot and the deltas after it).
         with transaction.atomic(using=alias):
             existing = stored_rows(model)
+            _take_write_lock(existing, alias)
             ours = existing.filter(kind=PersistentStorage.KIND_SNAPSHOT, generation=last)
             newest = (
                 existing.filter(kind=PersistentStorage.KIND_SNAPSHOT)
@@ -708,6 +703,18 @@ def compact_stored(model: ModelType) -> int | None:
             table_state.journal_bytes, table_state.journal_count = sum(sizes), len(sizes)
     store.logger.info("memdb: %s: journal folded into a snapshot at generation %s", label, last)
     return last
+
+
+def _take_write_lock(existing: Any, alias: str) -> None:
+    """On SQLite, take the database's write lock first in a storage transaction.
+
+    SQLite has no row locks: a transaction that reads first and then writes fails at
+    once with "database is locked" when another writer got in between (it cannot
+    upgrade its read lock). A write that changes nothing takes the lock up front, so
+    the transaction waits its turn instead. Other databases lock rows as they go.
+    """
+    if connections[alias].vendor == "sqlite":
+        existing.filter(generation=0).update(generation=0)
 
 
 def _latest_snapshot(existing: Any) -> int | None:
