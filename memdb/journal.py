@@ -36,10 +36,13 @@ DELTA_FORMAT = "memdb-delta"
 DELTA_FORMAT_VERSION = 1
 #: A spool stores a delta while the changed rows are at most this share of the table.
 DELTA_MAX_SHARE = 0.2
-#: Compact once the journal's bytes exceed this share of its snapshot's ...
+#: Compact once the journal's bytes exceed this share of its snapshot's: a compaction
+#: costs about one snapshot, and happens once per that many bytes of deltas, so its
+#: cost per write stays the same whatever the table's size (Redis's AOF rewrite rule).
 JOURNAL_RATIO = 0.5
-#: ... or once it holds this many deltas (a restore replays each).
-JOURNAL_MAX = 500
+#: ... or once it holds this many deltas (a restore replays each; a cap for tables
+#: whose snapshot is large and writes are tiny).
+JOURNAL_MAX = 10_000
 
 
 @dataclass(frozen=True)
