@@ -483,9 +483,9 @@ DEADLOCK_RETRIES = 3
 
 
 def _is_deadlock(exc: BaseException) -> bool:
-    code = getattr(exc, "args", [None])[0] if exc.args else None
-    cause = exc.__cause__
-    sqlstate = getattr(cause, "sqlstate", None)
+    """A deadlock or serialization failure: MariaDB's error code, PostgreSQL's sqlstate."""
+    code = exc.args[0] if exc.args else None
+    sqlstate = getattr(exc.__cause__, "sqlstate", None)
     return code in (1213, 1205) or sqlstate in ("40P01", "40001") or "deadlock" in str(exc).lower()
 
 
