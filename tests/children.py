@@ -174,6 +174,20 @@ def start_process(source: str, env: dict[str, str], stderr: Any) -> subprocess.P
     )
 
 
+def end_process(proc: subprocess.Popen[str]) -> None:
+    """Close the stdin of a ``start_process`` child and wait for it (killing it if it
+    does not end by itself), then close its stdout."""
+    assert proc.stdin is not None and proc.stdout is not None
+    proc.stdin.close()
+    try:
+        proc.wait(timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(timeout=TIMEOUT)
+        proc.stdout.close()
+
+
 def run(code: str, env: dict[str, str], *, migrate: bool = False, returncode: int = 0) -> Any:
     """Run ``code`` in a new Python process; return the last JSON line it printed."""
     proc = run_process(PRELUDE + (MIGRATE if migrate else "") + code, env)

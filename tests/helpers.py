@@ -9,7 +9,8 @@ from __future__ import annotations
 
 import hashlib
 import sqlite3
-from collections.abc import Sequence
+import time
+from collections.abc import Callable, Sequence
 from contextlib import ExitStack
 from typing import Any
 
@@ -154,3 +155,13 @@ def info(label: str) -> api.TableInfo:
 
 def scores() -> list[tuple[int, str, int]]:
     return list(Score.objects.order_by("pk").values_list("pk", "player", "points"))
+
+
+def wait_until(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
+    """Poll ``condition`` every 20 ms for up to ``timeout`` seconds; its last value."""
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        if condition():
+            return True
+        time.sleep(0.02)
+    return condition()

@@ -21,7 +21,7 @@ from typing import Any
 
 import pytest
 
-from tests.children import PRELUDE, TIMEOUT, child_env, read, run, start_process
+from tests.children import PRELUDE, TIMEOUT, child_env, end_process, read, run, start_process
 
 WORKER = """
 import contextlib, io, logging, socket, traceback
@@ -166,15 +166,7 @@ class Worker:
         return answer
 
     def close(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=TIMEOUT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-                self.proc.wait(timeout=TIMEOUT)
-            self.proc.stdout.close()
+        end_process(self.proc)
         assert "Traceback" not in self.log.read_text(), self.log.read_text()
 
 

@@ -35,7 +35,7 @@ from django.db import connections, transaction
 from django.db.models import F, Sum
 
 from memdb import api
-from tests.children import PRELUDE, TIMEOUT, check_quiet, child_env, start_process
+from tests.children import PRELUDE, TIMEOUT, check_quiet, child_env, end_process, start_process
 from tests.testapp.models import Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -84,14 +84,7 @@ class Checker:
         return self.read()
 
     def close(self) -> None:
-        assert self.proc.stdin is not None and self.proc.stdout is not None
-        self.proc.stdin.close()
-        try:
-            self.proc.wait(timeout=TIMEOUT)
-        finally:
-            if self.proc.poll() is None:
-                self.proc.kill()
-            self.proc.stdout.close()
+        end_process(self.proc)
         check_quiet(self.log.read_text())
 
 

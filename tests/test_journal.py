@@ -15,7 +15,6 @@ import base64
 import json
 import sqlite3
 import threading
-import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -41,7 +40,15 @@ from tests.children import (
     start_process,
     stop,
 )
-from tests.helpers import fingerprint, info, replace_data, stored, stored_chunks, stored_table
+from tests.helpers import (
+    fingerprint,
+    info,
+    replace_data,
+    stored,
+    stored_chunks,
+    stored_table,
+    wait_until,
+)
 from tests.test_fields import ROWS, field_values
 from tests.testapp.models import AllTypes, CommitScore, Score
 
@@ -154,15 +161,6 @@ def restore_and_check(expected: list[tuple[int, str, int]], generation: int) -> 
     assert table.dirty is False
 
 
-def poll(condition: Callable[[], bool], timeout: float = 30.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
-
-
 def raw_sql(sql: str, params: list[Any] | None = None) -> None:
     with connections["memdb"].cursor() as cursor:
         cursor.execute(sql, params or [])
@@ -175,7 +173,9 @@ def raw_sql(sql: str, params: list[Any] | None = None) -> None:
 def compactions_finish() -> Iterator[None]:
     """No background compaction outlives its test (the next one starts from nothing)."""
     yield
-    assert poll(lambda: not journal._compacting), "a background compaction did not finish"
+    assert wait_until(lambda: not journal._compacting, 30.0), (
+        "a background compaction did not finish"
+    )
 
 
 @pytest.fixture
@@ -658,7 +658,7 @@ def test_the_delta_count_threshold_compacts_in_the_background(
     CommitScore.objects.filter(pk=ids[2]).update(points=102)  # the third delta
 
     assert compaction_requests == [LABEL]
-    assert poll(lambda: layout() == [("snapshot", 4, 10)]), layout()
+    assert wait_until(lambda: layout() == [("snapshot", 4, 10)], 30.0), layout()
     assert stored_now() == memory()
     restore_and_check(memory(), 4)
     CommitScore.objects.create(player="after", points=1)
@@ -679,7 +679,7 @@ def test_the_journal_size_threshold_compacts_in_the_background(
 
     CommitScore.objects.filter(pk=ids[1]).update(points=101)
     assert compaction_requests == [LABEL]
-    assert poll(lambda: layout() == [("snapshot", 3, 10)]), layout()
+    assert wait_until(lambda: layout() == [("snapshot", 3, 10)], 30.0), layout()
     restore_and_check(memory(), 3)
 
 
@@ -716,7 +716,7 @@ def test_compaction_while_writers_keep_writing_loses_nothing(
         worker.join(120)
     assert not any(worker.is_alive() for worker in workers)
     assert errors == []
-    assert poll(lambda: not journal._compacting)
+    assert wait_until(lambda: not journal._compacting, 30.0)
 
     expected = memory()
     assert len(expected) == 20 + threads * (per_thread - per_thread // 5)
@@ -758,7 +758,7 @@ def test_a_restore_while_the_journal_is_compacted_still_gives_every_row(
             compactions[0].start()
             # Its storage transaction commits; it then waits for the table's lock,
             # which the restore holds, to update this process's figures.
-            compacted.append(poll(lambda: layout() == [("snapshot", 3, 4)], 10))
+            compacted.append(wait_until(lambda: layout() == [("snapshot", 3, 4)], 10))
 
     monkeypatch.setattr(restore_module, "_decode_into", decode_then_compact)
     try:

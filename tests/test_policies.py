@@ -15,7 +15,7 @@ from django.db import connections, transaction
 from memdb import api, policies, store
 from memdb.exceptions import ConflictError
 from memdb.models import PersistentStorage
-from tests.helpers import stored_table
+from tests.helpers import stored_table, wait_until
 from tests.testapp.models import CommitScore, Hit, IntervalScore, Legacy, Score
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
@@ -36,15 +36,6 @@ def snapshot(model: type) -> tuple[int, int] | None:
         .first()
     )
     return tuple(row) if row else None  # type: ignore[return-value]
-
-
-def wait_for(condition: Callable[[], bool], timeout: float = 10.0) -> bool:
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        if condition():
-            return True
-        time.sleep(0.02)
-    return condition()
 
 
 def stored_rows(model: type) -> list[tuple[str, int]]:
@@ -178,18 +169,20 @@ def test_interval_thread_is_running() -> None:
 
 def test_interval_policy_spools_in_the_background() -> None:
     IntervalScore.objects.create(player="a", points=1)
-    assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
-    assert wait_for(lambda: not api.tables("testapp.IntervalScore")[0].dirty, timeout=5)
+    assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+    assert wait_until(lambda: not api.tables("testapp.IntervalScore")[0].dirty, timeout=5)
 
     IntervalScore.objects.filter(player="a").update(points=2)
     IntervalScore.objects.create(player="b", points=3)
-    assert wait_for(lambda: (snapshot(IntervalScore) or (0, 0))[1] == 2, timeout=20 * INTERVAL + 5)
+    assert wait_until(
+        lambda: (snapshot(IntervalScore) or (0, 0))[1] == 2, timeout=20 * INTERVAL + 5
+    )
     assert stored_rows(IntervalScore) == [("a", 2), ("b", 3)]
 
 
 def test_interval_policy_does_not_spool_clean_tables() -> None:
     IntervalScore.objects.create(player="a")
-    assert wait_for(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
+    assert wait_until(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
     first = snapshot(IntervalScore)
     time.sleep(3 * INTERVAL)
     assert snapshot(IntervalScore) == first
@@ -205,7 +198,7 @@ def test_interval_thread_can_be_stopped_and_started() -> None:
     finally:
         policies.process_started()
     assert policies._interval is not None and policies._interval.is_alive()
-    assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+    assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
 
 
 def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() -> None:
@@ -227,7 +220,7 @@ def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() 
     writer.start()
     try:
         assert holding.wait(10)
-        assert wait_for(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+        assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
     finally:
         release.set()
         writer.join(30)
@@ -241,7 +234,7 @@ def test_manual_policy_waits_for_a_request() -> None:
     Score.objects.create(player="a")
     IntervalScore.objects.create(player="b")
     # Once the interval spooler has passed, it has left the manual table alone.
-    assert wait_for(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
+    assert wait_until(lambda: snapshot(IntervalScore) is not None, timeout=20 * INTERVAL + 5)
     assert snapshot(Score) is None
     assert api.tables("testapp.Score")[0].dirty is True
     api.spool("testapp.Score")
