@@ -778,7 +778,9 @@ def flush(
     Errors are logged, or raised (the first one) with ``raise_errors``; the other tables
     are still spooled either way. ``skip_busy`` leaves a table that a transaction has
     been writing for ``Gate.HOLD`` seconds for the next call instead of waiting for it
-    (short transactions, however many back to back, are waited for). A memory database
+    (short transactions, however many back to back, are waited for), once: a table
+    skipped by the last call is waited for, so a busy table is spooled at least every
+    other call (a skip each time lost many intervals of writes). A memory database
     this process has not opened has nothing to flush, and is not opened (so not built
     and restored) just to find that out.
     """
@@ -789,18 +791,25 @@ def flush(
     dirty = []
     with store.raw_connection(state.name) as conn:
         for model in models:
+            table_state = state.table(model._meta.label)
+            skip = skip_busy and not table_state.skipped
             try:
                 with state.gate.closed():
                     seq = store.read_seq(
                         conn,
                         model._meta.db_table,
-                        timeout=store.Gate.HOLD if skip_busy else None,
+                        timeout=store.Gate.HOLD if skip else None,
                         gate=state.gate,
                     )
             except sqlite3.OperationalError as exc:
-                if skip_busy and store.is_lock_error(exc):
+                if skip and store.is_lock_error(exc):
+                    store.logger.info(
+                        "memdb: %s is busy; spooled at the next tick", model._meta.label
+                    )
+                    table_state.skipped = True
                     continue
                 raise
+            table_state.skipped = False
             if store.is_dirty(state, model, seq):
                 dirty.append(model)
     results: list[SpoolResult] = []

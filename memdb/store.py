@@ -144,6 +144,9 @@ class TableState:
     base_bytes: int = 0
     journal_bytes: int = 0
     journal_count: int = 0
+    #: The interval spooler left the table for its next tick because it was busy; it
+    #: waits for it then (see ``memdb.spooler.flush``).
+    skipped: bool = False
 
 
 @dataclass

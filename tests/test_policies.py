@@ -227,6 +227,44 @@ def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() 
     assert Hit.objects.filter(path="/slow").exists()
 
 
+def test_interval_flush_skips_a_busy_table_once_then_waits_for_it() -> None:
+    """A table held by a transaction for longer than ``Gate.HOLD`` is left for the next
+    tick, but only once: the next tick waits for the transaction and spools it.
+
+    Regression (PostgreSQL CI run): skipped at every tick it met busy, a table lost
+    more than ``INTERVAL`` plus two spools of writes."""
+    policies.stop_interval()
+    IntervalScore.objects.create(player="a")
+    holding, release = threading.Event(), threading.Event()
+
+    def long_transaction() -> None:
+        try:
+            with transaction.atomic(using="memdb"):
+                IntervalScore.objects.create(player="held")
+                holding.set()
+                release.wait(30)
+        finally:
+            connections.close_all()
+
+    writer = threading.Thread(target=long_transaction)
+    writer.start()
+    try:
+        assert holding.wait(10)
+        started = time.monotonic()
+        assert api.flush(policy="interval", skip_busy=True) == []
+        assert time.monotonic() - started < 5 * store.Gate.HOLD + 1
+        assert snapshot(IntervalScore) is None
+        threading.Timer(0.3, release.set).start()
+        (result,) = api.flush(policy="interval", skip_busy=True)
+        assert time.monotonic() - started >= 0.3
+        assert (result.label, result.rows) == ("testapp.IntervalScore", 2)
+    finally:
+        release.set()
+        writer.join(30)
+        policies.process_started()
+    assert snapshot(IntervalScore) == (1, 2)
+
+
 # manual
 
 
