@@ -502,38 +502,113 @@ def _latest(existing: Any) -> dict[str, Any] | None:
 def _write_delta_once(
     model: ModelType, payload: bytes, rows: int, chain: tuple[str, ...], expected: int | None
 ) -> tuple[int, int, int]:
+    """One try of ``write_delta``: a transaction of three or four plain SQL statements.
+
+    The statements are written out rather than built by the ORM because a delta is
+    stored at every committed write, and each ORM query cost 0.25 ms of Python here
+    (bench/bench_perf.py, target 1b), as much as the statements themselves.
+    """
     label = model._meta.label
     alias = storage_alias()
+    connection = connections[alias]
     generation = (expected or 0) + 1
     encoded = list(encoded_chunks(io.BytesIO(payload), chain, label))
-    with transaction.atomic(using=alias):
-        existing = stored_rows(model)
-        _take_write_lock(existing, alias)
-        current = _latest(existing)
-        if current is None or current["generation"] != expected:
+    key = (model._meta.app_label, model_name_of(model))
+    with transaction.atomic(using=alias), connection.cursor() as cursor:
+        if connection.vendor == "sqlite":
+            _execute(cursor, "UPDATE {storage} SET generation = generation WHERE 0", ())
+        current = _latest_raw(cursor, connection, key)
+        if current is None or current[0] != expected:
             # The row this read waited on may have been replaced meanwhile (PostgreSQL
             # then returns nothing): a second read sees what committed.
-            current = _latest(existing)
+            current = _latest_raw(cursor, connection, key)
         if current is None:
             raise ConflictError(
                 f"{label}: its stored snapshot is gone (discarded by another process?); "
                 f"spool again to store the whole table"
             )
-        if current["generation"] != expected:
-            _check_generation(label, current, expected, False, writer_id())
-        size, count = _insert_with_chunks(
-            model,
-            alias,
-            encoded,
-            kind=PersistentStorage.KIND_DELTA,
-            fmt=journal.DELTA_FORMAT,
-            format_version=journal.DELTA_FORMAT_VERSION,
-            chain=chain,
-            rows=rows,
-            generation=generation,
-            created_at=current["created_at"],
+        if current[0] != expected:
+            latest = _latest(stored_rows(model))
+            assert latest is not None
+            _check_generation(label, latest, expected, False, writer_id())
+        digest = hashlib.sha256()
+        for data in encoded:
+            digest.update(data)
+        header = _insert_raw(
+            cursor,
+            PersistentStorage,
+            {
+                "app_label": key[0],
+                "model_name": key[1],
+                "kind": PersistentStorage.KIND_DELTA,
+                "format": journal.DELTA_FORMAT,
+                "format_version": journal.DELTA_FORMAT_VERSION,
+                "codecs": list(chain),
+                "key_ids": codecs.key_ids(chain, label=label),
+                "row_count": rows,
+                "size": sum(map(len, encoded)),
+                "checksum": digest.hexdigest(),
+                "chunk_count": len(encoded),
+                "generation": generation,
+                "written_by": writer_id(),
+                "updated_at": timezone.now(),
+            },
+            as_stored={"created_at": current[1]},
         )
-    return generation, size, count
+        for number, data in enumerate(encoded):
+            _insert_raw(cursor, SnapshotChunk, {"snapshot": header, "number": number, "data": data})
+    return generation, sum(map(len, encoded)), len(encoded)
+
+
+def _execute(cursor: Any, sql: str, params: Iterable[Any]) -> None:
+    qn = cursor.db.ops.quote_name
+    cursor.execute(
+        sql.format(
+            storage=qn(PersistentStorage._meta.db_table), chunk=qn(SnapshotChunk._meta.db_table)
+        ),
+        list(params),
+    )
+
+
+def _latest_raw(cursor: Any, connection: Any, key: tuple[str, str]) -> tuple[int, Any] | None:
+    """``(generation, created_at)`` of a table's latest stored row, locked where the
+    database locks rows; ``created_at`` as the database returned it."""
+    lock = (
+        " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+    )
+    _execute(
+        cursor,
+        "SELECT generation, created_at FROM {storage} WHERE app_label = %s AND model_name = %s "
+        "ORDER BY generation DESC LIMIT 1" + lock,
+        key,
+    )
+    row = cursor.fetchone()
+    return (int(row[0]), row[1]) if row else None
+
+
+def _insert_raw(
+    cursor: Any, model: Any, values: dict[str, Any], as_stored: dict[str, Any] | None = None
+) -> int:
+    """INSERT one row of ``model``; its primary key. ``values`` are prepared for the
+    database by their fields; ``as_stored`` are passed as the database returned them."""
+    connection = cursor.db
+    params = [
+        model._meta.get_field(name).get_db_prep_save(value, connection)
+        for name, value in values.items()
+    ]
+    values = {**values, **(as_stored or {})}
+    params += list((as_stored or {}).values())
+    qn = connection.ops.quote_name
+    sql = (
+        f"INSERT INTO {qn(model._meta.db_table)} "
+        f"({', '.join(qn(model._meta.get_field(name).column) for name in values)}) "
+        f"VALUES ({', '.join(['%s'] * len(values))})"
+    )
+    returning = connection.features.can_return_columns_from_insert
+    if returning:
+        sql += f" RETURNING {qn(model._meta.pk.column)}"
+    cursor.execute(sql, params)
+    return int(cursor.fetchone()[0]) if returning else int(cursor.lastrowid)
 
 
 def _storage_error(label: str, exc: BaseException) -> SpoolError:
