@@ -13,7 +13,8 @@ class PersistentStorage(models.Model):
     crash at any point leaves one complete snapshot. The bytes live in ``SnapshotChunk``
     rows, so no single row outgrows a server's packet limit (MariaDB's
     ``max_allowed_packet``). Rows of kind ``delta`` are the table's journal: the rows
-    changed since the snapshot, one generation each (see ``memdb.journal``).
+    changed since the snapshot, one generation each (see ``memdb.journal``). A delta
+    is at most one chunk, kept ``inline`` in its row, so storing one is one INSERT.
     """
 
     KIND_SNAPSHOT = "snapshot"
@@ -43,7 +44,13 @@ class PersistentStorage(models.Model):
         max_length=64, help_text="sha256 of the chunks' bytes as stored, in order."
     )
     chunk_count = models.PositiveIntegerField(
-        default=0, help_text="How many SnapshotChunk rows hold the data."
+        default=0, help_text="How many SnapshotChunk rows hold the data (0: it is inline)."
+    )
+    inline = models.BinaryField(
+        null=True,
+        blank=True,
+        editable=False,
+        help_text="The data of a row stored in one piece (a journal delta), when chunk_count is 0.",
     )
     generation = models.PositiveBigIntegerField(
         help_text="Counts the table's snapshots; detects two processes writing one table."
@@ -63,7 +70,6 @@ class PersistentStorage(models.Model):
             )
         ]
         indexes = [
-            models.Index(fields=["app_label", "model_name"], name="memdb_storage_table"),
             # The latest row of a table, whatever its kind: read by every journal write.
             models.Index(
                 fields=["app_label", "model_name", "generation"], name="memdb_storage_latest"
@@ -85,7 +91,10 @@ class SnapshotChunk(models.Model):
     big table's snapshot in memory, and each row stays under the server's packet limit.
     """
 
-    snapshot = models.ForeignKey(PersistentStorage, on_delete=models.CASCADE, related_name="chunks")
+    # No index of its own: the unique (snapshot, number) constraint's index serves.
+    snapshot = models.ForeignKey(
+        PersistentStorage, on_delete=models.CASCADE, related_name="chunks", db_index=False
+    )
     number = models.PositiveIntegerField(help_text="0, 1, 2, ... in the order to decode.")
     data = models.BinaryField()
 

@@ -9,29 +9,40 @@ import signal
 import threading
 import time
 from functools import cache
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 from django.db import close_old_connections
 
 from .conf import memdb_settings
 
+if TYPE_CHECKING:
+    from .registry import ModelType
+
 logger = logging.getLogger("memdb")
+
+
+@cache
+def models_with_policy(policy: str) -> tuple[ModelType, ...]:
+    """The persistent models that follow ``policy``, parents first."""
+    from .registry import persistent_models, policy_of
+
+    return tuple(m for m in persistent_models() if policy_of(m) == policy)
 
 
 @cache
 def tables_with_policy(policy: str) -> frozenset[str]:
     """The database tables of the persistent models that follow ``policy``."""
-    from .registry import persistent_models, policy_of
-
-    return frozenset(m._meta.db_table for m in persistent_models() if policy_of(m) == policy)
+    return frozenset(m._meta.db_table for m in models_with_policy(policy))
 
 
-def _clear_cache(**kwargs: Any) -> None:
+def clear_cache(**kwargs: Any) -> None:
+    """Forget which models follow which policy (after a setting or a model changed)."""
+    models_with_policy.cache_clear()
     tables_with_policy.cache_clear()
 
 
-setting_changed.connect(_clear_cache)
+setting_changed.connect(clear_cache)
 
 
 def spool_on_commit(wrapper: Any) -> None:
@@ -43,24 +54,27 @@ def spool_on_commit(wrapper: Any) -> None:
 def spool_committed() -> None:
     """Spool the dirty ``commit``-policy tables; errors reach the writer.
 
-    Asks this thread's own connection first whether any is dirty, so a write to other
-    tables costs one indexed read rather than a spooler connection.
+    Asks this thread's own connection which of them are dirty, so a write to other
+    tables costs one indexed read per ``commit`` table and nothing more.
     """
     from django.db import connections
 
     from . import store
-    from .registry import persistent_models
-    from .spooler import flush
+    from .spooler import flush, spool_each
 
     raw = connections[memdb_settings.ALIAS].connection
     state = store.current_state()
-    if raw is not None and state.ready:
-        models = [
-            m for m in persistent_models() if m._meta.db_table in tables_with_policy("commit")
-        ]
-        if not any(store.is_dirty(state, m, store.read_seq(raw, m._meta.db_table)) for m in models):
-            return
-    flush(policy="commit", raise_errors=True)
+    if raw is None or not state.ready:
+        flush(policy="commit", raise_errors=True)
+        return
+    spool_each(
+        [
+            model
+            for model in models_with_policy("commit")
+            if store.is_dirty(state, model, store.read_seq(raw, model._meta.db_table))
+        ],
+        raise_errors=True,
+    )
 
 
 class IntervalSpooler(threading.Thread):

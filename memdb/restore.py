@@ -289,7 +289,11 @@ def _checked(label: str, stored: Any, fetched: dict[int, list[tuple[int, bytes]]
     """``stored``'s chunks from ``fetched``, all there and in order, or an error."""
     from .models import PersistentStorage
 
+    if (data := _inline(stored)) is not None:
+        return [data]
     parts = fetched.get(stored.pk, [])
+    if not parts and not stored.chunk_count:
+        raise _no_data(label, stored)
     if [number for number, _ in parts] != list(range(stored.chunk_count)):
         if not PersistentStorage.objects.using(storage_alias()).filter(pk=stored.pk).exists():
             raise _Replaced
@@ -327,13 +331,31 @@ def _write_decoded(
         raise failure
 
 
+def _inline(stored: Any) -> bytes | None:
+    """The data of a row stored inline (no chunks), or None."""
+    return None if stored.chunk_count or stored.inline is None else bytes(stored.inline)
+
+
+def _no_data(label: str, stored: Any) -> RestoreError:
+    what = "snapshot" if stored.kind == "snapshot" else "journal delta"
+    return RestoreError(
+        f"{label}: the stored {what} (generation {stored.generation}) has no data: "
+        f"no chunks and nothing inline"
+    )
+
+
 def _stored_chunks(label: str, snapshot: Any) -> Iterator[bytes]:
     """The snapshot's chunks in order, each fetched by its own query (one in memory)."""
     from .models import PersistentStorage, SnapshotChunk
 
+    if (data := _inline(snapshot)) is not None:
+        yield data
+        return
     alias = storage_alias()
     chunks = SnapshotChunk.objects.using(alias).filter(snapshot_id=snapshot.pk)
     found = chunks.count()
+    if found == 0 == snapshot.chunk_count:
+        raise _no_data(label, snapshot)
     if found != snapshot.chunk_count:
         if not PersistentStorage.objects.using(alias).filter(pk=snapshot.pk).exists():
             raise _Replaced

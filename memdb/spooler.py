@@ -242,8 +242,12 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             with contextlib.ExitStack() as stack:
                 conn = stack.enter_context(store.raw_connection(state.name))
                 stream: IO[bytes]
+                delta = None
                 if not force and _delta_fits(model, conn, table_state, chain):
                     delta = journal.read_delta(conn, model, state.gate)
+                    if len(delta.payload) > memdb_settings.CHUNK_SIZE:
+                        delta = None  # a delta is one chunk at most: store the table
+                if delta is not None:
                     seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
                     generation, size, chunks = write_delta(
                         model,
@@ -490,9 +494,9 @@ def _is_deadlock(exc: BaseException) -> bool:
 
 
 def _latest(existing: Any) -> dict[str, Any] | None:
+    """The latest of ``existing`` stored rows, as ``_check_generation`` reads it."""
     row: dict[str, Any] | None = (
-        existing.select_for_update()
-        .order_by("-generation")
+        existing.order_by("-generation")
         .values("pk", "generation", "created_at", "written_by", "updated_at")
         .first()
     )
@@ -502,113 +506,80 @@ def _latest(existing: Any) -> dict[str, Any] | None:
 def _write_delta_once(
     model: ModelType, payload: bytes, rows: int, chain: tuple[str, ...], expected: int | None
 ) -> tuple[int, int, int]:
-    """One try of ``write_delta``: a transaction of three or four plain SQL statements.
+    """One try of ``write_delta``: a single INSERT, its data inline.
 
-    The statements are written out rather than built by the ORM because a delta is
-    stored at every committed write, and each ORM query cost 0.25 ms of Python here
-    (bench/bench_perf.py, target 1b), as much as the statements themselves.
+    The INSERT copies the row of generation ``expected`` (its ``created_at``), locking it
+    where the database locks rows, and inserts nothing when that row is gone or a newer
+    generation is stored; then the latest row is read to say why. One statement rather
+    than a transaction of several, written out rather than built by the ORM: a delta is
+    stored at every committed write, and on PostgreSQL each round trip, on every
+    database each ORM query (0.25 ms of Python here), cost as much as the write itself
+    (bench/bench_perf.py, target 1b).
     """
     label = model._meta.label
     alias = storage_alias()
     connection = connections[alias]
     generation = (expected or 0) + 1
-    encoded = list(encoded_chunks(io.BytesIO(payload), chain, label))
-    key = (model._meta.app_label, model_name_of(model))
-    with transaction.atomic(using=alias), connection.cursor() as cursor:
-        if connection.vendor == "sqlite":
-            _execute(cursor, "UPDATE {storage} SET generation = generation WHERE 0", ())
-        current = _latest_raw(cursor, connection, key)
-        if current is None or current[0] != expected:
-            # The row this read waited on may have been replaced meanwhile (PostgreSQL
-            # then returns nothing): a second read sees what committed.
-            current = _latest_raw(cursor, connection, key)
+    (data,) = encoded_chunks(io.BytesIO(payload), chain, label)
+    values = {
+        "app_label": model._meta.app_label,
+        "model_name": model_name_of(model),
+        "kind": PersistentStorage.KIND_DELTA,
+        "format": journal.DELTA_FORMAT,
+        "format_version": journal.DELTA_FORMAT_VERSION,
+        "codecs": list(chain),
+        "key_ids": codecs.key_ids(chain, label=label),
+        "row_count": rows,
+        "size": len(data),
+        "checksum": hashlib.sha256(data).hexdigest(),
+        "chunk_count": 0,
+        "inline": data,
+        "generation": generation,
+        "written_by": writer_id(),
+        "updated_at": timezone.now(),
+    }
+    fields = [PersistentStorage._meta.get_field(name) for name in values]
+    qn = connection.ops.quote_name
+    typed = connection.vendor == "postgresql"  # parameter types for server-side binding
+    lock = (
+        " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+    )
+    sql = (
+        f"INSERT INTO {{storage}} ({', '.join(qn(f.column) for f in fields)}, created_at) "
+        f"SELECT {', '.join(f'%s::{f.db_type(connection)}' if typed else '%s' for f in fields)}, "
+        "created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
+        "AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
+        "newer.model_name = %s AND newer.generation > %s) LIMIT 1" + lock
+    )
+    key = (values["app_label"], values["model_name"], expected or 0)
+    params = [
+        f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
+    ]
+    # SQLite takes the write lock first (see _take_write_lock); a surrounding
+    # transaction on the default database gets a savepoint, so a refusal leaves it usable.
+    wrap = connection.vendor == "sqlite" or connection.in_atomic_block
+    with transaction.atomic(using=alias) if wrap else contextlib.nullcontext():
+        with connection.cursor() as cursor:
+            if connection.vendor == "sqlite":
+                _execute(cursor, "UPDATE {storage} SET generation = generation WHERE 0", ())
+            _execute(cursor, sql, [*params, *key, *key])
+            inserted = cursor.rowcount
+    if inserted != 1:
+        current = _latest(stored_rows(model))
         if current is None:
             raise ConflictError(
                 f"{label}: its stored snapshot is gone (discarded by another process?); "
                 f"spool again to store the whole table"
             )
-        if current[0] != expected:
-            latest = _latest(stored_rows(model))
-            assert latest is not None
-            _check_generation(label, latest, expected, False, writer_id())
-        digest = hashlib.sha256()
-        for data in encoded:
-            digest.update(data)
-        header = _insert_raw(
-            cursor,
-            PersistentStorage,
-            {
-                "app_label": key[0],
-                "model_name": key[1],
-                "kind": PersistentStorage.KIND_DELTA,
-                "format": journal.DELTA_FORMAT,
-                "format_version": journal.DELTA_FORMAT_VERSION,
-                "codecs": list(chain),
-                "key_ids": codecs.key_ids(chain, label=label),
-                "row_count": rows,
-                "size": sum(map(len, encoded)),
-                "checksum": digest.hexdigest(),
-                "chunk_count": len(encoded),
-                "generation": generation,
-                "written_by": writer_id(),
-                "updated_at": timezone.now(),
-            },
-            as_stored={"created_at": current[1]},
-        )
-        for number, data in enumerate(encoded):
-            _insert_raw(cursor, SnapshotChunk, {"snapshot": header, "number": number, "data": data})
-    return generation, sum(map(len, encoded)), len(encoded)
+        _check_generation(label, current, expected, False, writer_id())
+        raise ConflictError(f"{label}: generation {expected} is no longer stored")
+    return generation, len(data), 0
 
 
 def _execute(cursor: Any, sql: str, params: Iterable[Any]) -> None:
+    """``sql`` with ``{storage}`` standing for the storage table's quoted name."""
     qn = cursor.db.ops.quote_name
-    cursor.execute(
-        sql.format(
-            storage=qn(PersistentStorage._meta.db_table), chunk=qn(SnapshotChunk._meta.db_table)
-        ),
-        list(params),
-    )
-
-
-def _latest_raw(cursor: Any, connection: Any, key: tuple[str, str]) -> tuple[int, Any] | None:
-    """``(generation, created_at)`` of a table's latest stored row, locked where the
-    database locks rows; ``created_at`` as the database returned it."""
-    lock = (
-        " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
-    )
-    _execute(
-        cursor,
-        "SELECT generation, created_at FROM {storage} WHERE app_label = %s AND model_name = %s "
-        "ORDER BY generation DESC LIMIT 1" + lock,
-        key,
-    )
-    row = cursor.fetchone()
-    return (int(row[0]), row[1]) if row else None
-
-
-def _insert_raw(
-    cursor: Any, model: Any, values: dict[str, Any], as_stored: dict[str, Any] | None = None
-) -> int:
-    """INSERT one row of ``model``; its primary key. ``values`` are prepared for the
-    database by their fields; ``as_stored`` are passed as the database returned them."""
-    connection = cursor.db
-    params = [
-        model._meta.get_field(name).get_db_prep_save(value, connection)
-        for name, value in values.items()
-    ]
-    values = {**values, **(as_stored or {})}
-    params += list((as_stored or {}).values())
-    qn = connection.ops.quote_name
-    sql = (
-        f"INSERT INTO {qn(model._meta.db_table)} "
-        f"({', '.join(qn(model._meta.get_field(name).column) for name in values)}) "
-        f"VALUES ({', '.join(['%s'] * len(values))})"
-    )
-    returning = connection.features.can_return_columns_from_insert
-    if returning:
-        sql += f" RETURNING {qn(model._meta.pk.column)}"
-    cursor.execute(sql, params)
-    return int(cursor.fetchone()[0]) if returning else int(cursor.lastrowid)
+    cursor.execute(sql.replace("{storage}", qn(PersistentStorage._meta.db_table)), list(params))
 
 
 def _storage_error(label: str, exc: BaseException) -> SpoolError:
@@ -862,7 +833,9 @@ def flush(
     state = store.current_state()
     if not state.ready:
         return []
-    models = [m for m in persistent_models() if policy is None or policy_of(m) == policy]
+    from .policies import models_with_policy
+
+    models = models_with_policy(policy) if policy else persistent_models()
     dirty = []
     with store.raw_connection(state.name) as conn:
         for model in models:
@@ -887,9 +860,14 @@ def flush(
             table_state.skipped = False
             if store.is_dirty(state, model, seq):
                 dirty.append(model)
+    return spool_each(dirty, raise_errors=raise_errors)
+
+
+def spool_each(models: Iterable[ModelType], *, raise_errors: bool) -> list[SpoolResult]:
+    """Spool ``models`` one by one; errors as ``flush`` says."""
     results: list[SpoolResult] = []
     first_error: MemdbError | None = None
-    for model in dirty:
+    for model in models:
         try:
             results.append(spool_model(model))
         except MemdbError as exc:

@@ -64,7 +64,11 @@ def _chunk_rows(snapshot_or_model: SnapshotOrModel) -> list[tuple[int, int, Any]
 
 
 def stored_chunks(snapshot_or_model: SnapshotOrModel) -> list[bytes]:
-    """The stored bytes of each chunk, in order."""
+    """The stored bytes of each chunk, in order (the inline data of a row without
+    chunks, a journal delta)."""
+    if isinstance(snapshot_or_model, PersistentStorage) and not snapshot_or_model.chunk_count:
+        inline = snapshot_or_model.inline
+        return [] if inline is None else [bytes(inline)]
     return [bytes(data) for _, _, data in _chunk_rows(snapshot_or_model)]
 
 
@@ -100,7 +104,7 @@ def replace_data(
         if isinstance(snapshot_or_model, PersistentStorage)
         else stored(snapshot_or_model).pk
     )
-    fields: dict[str, Any] = {"chunk_count": 1}
+    fields: dict[str, Any] = {"chunk_count": 1, "inline": None}
     if fix_checksum:
         fields.update(size=len(data), checksum=hashlib.sha256(data).hexdigest())
     with transaction.atomic():

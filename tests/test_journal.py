@@ -300,7 +300,10 @@ def test_each_write_stores_one_delta_of_only_the_changed_rows(
     assert [(r.kind, r.generation, r.rows) for r in spools] == [("delta", 2, count)]
     row = delta(2)
     assert (row.format, row.format_version) == (journal.DELTA_FORMAT, 1)
-    assert spools[0].bytes == row.size and spools[0].chunks == row.chunk_count == 1
+    # One row, its data inline: no chunks.
+    assert (
+        spools[0].bytes == row.size == len(row.inline) and spools[0].chunks == row.chunk_count == 0
+    )
     upsert, delete = changes(row)
     now = {r[0]: r for r in memory()}
     assert upsert == sorted(now[pk] for pk in upserted), "exactly the changed rows, as they are"
@@ -388,7 +391,7 @@ def test_every_field_type_round_trips_exactly_through_a_delta(
     the same SQLite type."""
     monkeypatch.setattr(AllTypes, "memdb_policy", "commit", raising=False)
     monkeypatch.setattr(journal, "JOURNAL_RATIO", 1e9)  # the long text: no compaction
-    policies.tables_with_policy.cache_clear()
+    policies.clear_cache()
     try:
         first = AllTypes.objects.create(**ROWS[0])  # the snapshot
         others = [AllTypes.objects.create(**row) for row in ROWS[1:]]  # deltas
@@ -418,7 +421,7 @@ def test_every_field_type_round_trips_exactly_through_a_delta(
         assert [field_values(o) for o in AllTypes.objects.order_by("pk")] == expected
     finally:
         monkeypatch.undo()
-        policies.tables_with_policy.cache_clear()
+        policies.clear_cache()
 
 
 # -- restore: the snapshot and its journal ----------------------------------------------------
@@ -905,10 +908,57 @@ def test_a_corrupt_delta_chunk_fails_the_checksum() -> None:
     )
 
 
-def test_a_truncated_delta_fails_naming_the_missing_chunk() -> None:
+def test_a_truncated_delta_fails_the_checksum() -> None:
     journal_of_three()
-    PersistentStorage.objects.filter(pk=delta(3).pk).update(chunk_count=2)
-    assert_failed_and_protected(r"testapp\.CommitScore.*generation 3.*1 of its 2 chunks")
+    row = delta(3)
+    PersistentStorage.objects.filter(pk=row.pk).update(inline=bytes(row.inline)[:-5])
+    assert_failed_and_protected(
+        r"testapp\.CommitScore: checksum mismatch, the stored journal delta "
+        r"\(generation 3\) is corrupt"
+    )
+
+
+def test_a_delta_without_its_data_fails_naming_it() -> None:
+    journal_of_three()
+    PersistentStorage.objects.filter(pk=delta(3).pk).update(inline=None)
+    assert_failed_and_protected(
+        r"testapp\.CommitScore: the stored journal delta \(generation 3\) has no data"
+    )
+
+
+def test_a_delta_stored_in_chunks_before_0_7_is_still_read() -> None:
+    """Deltas written before they were stored inline (migration 0007) kept their data
+    in a chunk; the migration leaves them there and a restore reads them."""
+    rows = journal_of_three()
+    for row in PersistentStorage.objects.filter(kind="delta"):
+        replace_data(row, bytes(row.inline), fix_checksum=True)
+    assert not PersistentStorage.objects.filter(kind="delta", inline__isnull=False).exists()
+    restore_and_check(rows, 4)
+
+
+def test_migration_0007_backward_moves_inline_deltas_into_chunks() -> None:
+    """Unapplying 0007 (which stores deltas inline) first gives each inline delta one
+    chunk holding its bytes; applying it again leaves them there, and they restore."""
+    from django.db.migrations.executor import MigrationExecutor
+
+    rows = journal_of_three()
+    inline = {r.generation: bytes(r.inline) for r in PersistentStorage.objects.filter(kind="delta")}
+    connection = connections["default"]
+    leaves = MigrationExecutor(connection).loader.graph.leaf_nodes()
+    executor = MigrationExecutor(connection)
+    try:
+        executor.migrate([("memdb", "0006_storage_latest_index")])
+        old = executor.loader.project_state(("memdb", "0006_storage_latest_index")).apps
+        moved = old.get_model("memdb", "PersistentStorage").objects.filter(kind="delta")
+        chunks = old.get_model("memdb", "SnapshotChunk").objects
+        assert {r.generation: r.chunk_count for r in moved} == {2: 1, 3: 1, 4: 1}
+        assert {
+            r.generation: bytes(chunks.get(snapshot_id=r.pk, number=0).data) for r in moved
+        } == inline
+    finally:
+        MigrationExecutor(connection).migrate(leaves)
+    assert not PersistentStorage.objects.filter(inline__isnull=False).exists()
+    restore_and_check(rows, 4)
 
 
 GOOD_COLUMNS = {"columns": COLUMNS, "pk": "id"}
