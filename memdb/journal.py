@@ -30,6 +30,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from . import store
+from .conf import memdb_settings
 from .registry import ModelType
 
 DELTA_FORMAT = "memdb-delta"
@@ -65,13 +66,10 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-def changed_count(conn: sqlite3.Connection, table: str) -> int:
-    sql = f"SELECT count(*) FROM {store.quote(store.journal_table(table))}"
-    return int(store.retry_locked(lambda: conn.execute(sql).fetchone()[0]))
-
-
-def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> Delta:
-    """The changed rows of ``model``'s table as of one instant, as a delta payload.
+def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> Delta | None:
+    """The changed rows of ``model``'s table as of one instant, as a delta payload; None
+    when too many changed for a delta (more than ``DELTA_MAX_SHARE`` of the rows and
+    more than 100, or more than ``CHUNK_SIZE`` bytes of them): store the table then.
 
     One read transaction (the gate closed until it holds its locks) reads the change
     counter, the row count, the journal's keys and their rows, so the delta is a
@@ -86,15 +84,17 @@ def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> 
         store.quote(store.changes_table(table)),
     )
 
-    def read() -> Delta:
+    def read() -> Delta | None:
         seq, rows = conn.execute(f"SELECT seq, rows FROM {c}").fetchone()
         gate.open()
+        keys = [row[0] for row in conn.execute(f"SELECT pk FROM {j}")]
+        if len(keys) > max(100, DELTA_MAX_SHARE * rows):
+            return None
         cursor = conn.execute(
             f"SELECT * FROM main.{q} WHERE {store.quote(column)} IN (SELECT pk FROM {j})"
         )
         columns = [d[0] for d in cursor.description]
         found = cursor.fetchall()
-        keys = [row[0] for row in conn.execute(f"SELECT pk FROM {j}")]
         index = columns.index(column)
         present = {row[index] for row in found}
         upsert = [[_encode_value(v) for v in row] for row in found]
@@ -104,6 +104,8 @@ def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> 
             separators=(",", ":"),
             allow_nan=True,
         ).encode()
+        if len(payload) > memdb_settings.CHUNK_SIZE:
+            return None  # a delta is one chunk at most
         return Delta(seq=seq, rows=rows, changed=len(keys), payload=payload)
 
     with gate.closed():

@@ -64,16 +64,12 @@ class PersistentStorage(models.Model):
         verbose_name_plural = "persistent storage"
         ordering = ["app_label", "model_name", "kind", "generation"]
         constraints = [
+            # Generation before kind: its index also finds a table's latest row, whatever
+            # its kind (read by every journal write), so no other index is needed.
             models.UniqueConstraint(
-                fields=["app_label", "model_name", "kind", "generation"],
-                name="memdb_storage_one_per_generation",
+                fields=["app_label", "model_name", "generation", "kind"],
+                name="memdb_storage_generation_kind",
             )
-        ]
-        indexes = [
-            # The latest row of a table, whatever its kind: read by every journal write.
-            models.Index(
-                fields=["app_label", "model_name", "generation"], name="memdb_storage_latest"
-            ),
         ]
 
     def __str__(self) -> str:

@@ -232,21 +232,19 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
             )
         started = time.perf_counter()
         chain = codecs.chain_for(model)
-        if not force:
-            unchanged = _unchanged(model, state, chain)
-            if unchanged is not None:
-                return unchanged
-        signals.pre_spool.send(sender=model, label=label)
         kind = PersistentStorage.KIND_SNAPSHOT
         try:
             with contextlib.ExitStack() as stack:
                 conn = stack.enter_context(store.raw_connection(state.name))
+                if not force:
+                    unchanged = _unchanged(model, state, chain, conn)
+                    if unchanged is not None:
+                        return unchanged
+                signals.pre_spool.send(sender=model, label=label)
                 stream: IO[bytes]
                 delta = None
-                if not force and _delta_fits(model, conn, table_state, chain):
+                if not force and _delta_fits(model, table_state, chain):
                     delta = journal.read_delta(conn, model, state.gate)
-                    if len(delta.payload) > memdb_settings.CHUNK_SIZE:
-                        delta = None  # a delta is one chunk at most: store the table
                 if delta is not None:
                     seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
                     generation, size, chunks = write_delta(
@@ -309,17 +307,13 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
     return result
 
 
-def _delta_fits(
-    model: ModelType,
-    conn: sqlite3.Connection,
-    table_state: store.TableState,
-    chain: tuple[str, ...],
-) -> bool:
-    """Whether this spool may store only the changed rows.
+def _delta_fits(model: ModelType, table_state: store.TableState, chain: tuple[str, ...]) -> bool:
+    """Whether this spool may store only the changed rows (if few changed: see
+    ``journal.read_delta``).
 
     It may when the table has the ``commit`` policy (spooled at every write) and keeps
-    a journal, this process knows the stored snapshot the delta builds on (same
-    format, codec chain and keys as now), and few rows changed.
+    a journal, and this process knows the stored snapshot the delta builds on (same
+    format, codec chain and keys as now).
     """
     if policy_of(model) != "commit":
         return False  # the other policies spool seldom: a whole snapshot each time
@@ -334,13 +328,11 @@ def _delta_fits(
         or base_keys != tuple(codecs.key_ids(chain, label=model._meta.label))
     ):
         return False
-    table = model._meta.db_table
-    changed = journal.changed_count(conn, table)
-    return changed <= max(100, journal.DELTA_MAX_SHARE * store.read_rows(conn, table))
+    return True
 
 
 def _unchanged(
-    model: ModelType, state: store.StoreState, chain: tuple[str, ...]
+    model: ModelType, state: store.StoreState, chain: tuple[str, ...], conn: sqlite3.Connection
 ) -> SpoolResult | None:
     """The stored figures if storage already holds this table as it is now.
 
@@ -351,9 +343,8 @@ def _unchanged(
     table_state = state.table(model._meta.label)
     if not table_state.generation:
         return None
-    with store.raw_connection(state.name) as conn:
-        if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
-            return None
+    if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
+        return None
     latest = stored_rows(model).order_by("-generation").values("generation", "row_count").first()
     stored = (
         stored_snapshots(model)
@@ -466,14 +457,18 @@ def write_delta(
     guard it: the latest stored generation must be the one this process knows, and
     the unique constraint refuses a second delta of the same generation. A deadlock
     with a compaction of the same journal (InnoDB may pick the delta as its victim)
-    is retried.
+    is retried, and so is SQLite's "database is locked" (the INSERT reads before it
+    writes; another writer that wants to commit makes SQLite fail it at once rather
+    than wait, since the two would wait for each other).
     """
     label = model._meta.label
     for attempt in range(DEADLOCK_RETRIES):
         try:
             return _write_delta_once(model, payload, rows, chain, expected)
         except OperationalError as exc:
-            if attempt + 1 == DEADLOCK_RETRIES or not _is_deadlock(exc):
+            if attempt + 1 == DEADLOCK_RETRIES or not (
+                _is_deadlock(exc) or store.is_lock_error(exc)
+            ):
                 raise _storage_error(label, exc) from exc
             store.logger.info("memdb: %s: deadlock storing a delta, retrying", label)
         except IntegrityError as exc:
@@ -555,13 +550,11 @@ def _write_delta_once(
     params = [
         f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
     ]
-    # SQLite takes the write lock first (see _take_write_lock); a surrounding
-    # transaction on the default database gets a savepoint, so a refusal leaves it usable.
-    wrap = connection.vendor == "sqlite" or connection.in_atomic_block
+    # Inside a transaction on the default database, a savepoint: a refusal leaves that
+    # transaction usable.
+    wrap = connection.in_atomic_block
     with transaction.atomic(using=alias) if wrap else contextlib.nullcontext():
         with connection.cursor() as cursor:
-            if connection.vendor == "sqlite":
-                _execute(cursor, "UPDATE {storage} SET generation = generation WHERE 0", ())
             _execute(cursor, sql, [*params, *key, *key])
             inserted = cursor.rowcount
     if inserted != 1:
