@@ -588,6 +588,26 @@ def test_many_changed_rows_store_a_whole_snapshot(
     assert spools[-1].kind == "delta" and layout()[-1] == ("delta", 4, size)
 
 
+def test_a_delta_bigger_than_a_chunk_stores_a_whole_snapshot(
+    memdb_override: Override, spools: list[SpoolResult]
+) -> None:
+    """A delta is one row holding one chunk: changed rows of more than ``CHUNK_SIZE``
+    bytes are stored as a snapshot (in chunks) instead, and deltas follow it again."""
+    ids = seed(10)
+    with memdb_override(CHUNK_SIZE=4096):
+        CommitScore.objects.filter(pk=ids[0]).update(player="small")
+        CommitScore.objects.filter(pk=ids[1]).update(player="x" * 5000)
+        CommitScore.objects.filter(pk=ids[2]).update(player="small again")
+    assert [(r.kind, r.generation) for r in spools[-3:]] == [
+        ("delta", 2),
+        ("snapshot", 3),
+        ("delta", 4),
+    ]
+    assert stored(CommitScore).chunk_count > 1
+    assert delta(4).chunk_count == 0 and delta(4).inline is not None
+    restore_and_check(memory(), 4)
+
+
 def test_other_policies_and_forced_spools_store_whole_snapshots(
     spools: list[SpoolResult],
 ) -> None:
