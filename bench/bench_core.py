@@ -131,6 +131,21 @@ def timed_creates(model, n: int, out: list[int], seq: list[int]) -> None:
         out.append(clock() - t0)
 
 
+def idle_creates(model, seconds: float, out: list[int], seq: list[int]) -> None:
+    """Blocks of timed creates of ``model`` for ``seconds`` (two blocks at least), GC
+    collected before and off."""
+    gc.collect()
+    gc.disable()
+    try:
+        start = time.perf_counter()
+        blocks = 0
+        while time.perf_counter() - start < seconds or blocks < 2:
+            timed_creates(model, BLOCK, out, seq)
+            blocks += 1
+    finally:
+        gc.enable()
+
+
 def bench_create(args, log: SpoolLog, persist=None) -> list[dict]:
     """Part 1 for one persistent model (``Persist3`` unless ``persist`` names another of
     the same fields, as bench/bench_perf.py does for the ``manual`` policy)."""
@@ -157,6 +172,15 @@ def bench_create(args, log: SpoolLog, persist=None) -> list[dict]:
         spools: list[float] = []
         creates_on = 0
         for _round in range(args.rounds):
+            # (b) before and after (a), half each: the spooler IDLE (Persist3 clean), the
+            #     memory-only model alone, as in an app without persistent tables. Its
+            #     two halves bracket (a), so a drift of the machine's speed over the
+            #     round cancels out of the ratio.
+            assert not is_dirty(label)
+            idle_ns: list[int] = []
+            idle_creates(Plain3, args.window / 2, idle_ns, seq)
+            Plain3.objects.filter(pk__gt=plain_pk0).delete()
+
             # (a) spooler ON: both models in alternating blocks (ABBA order), for a window
             #     of INTERVAL seconds so it holds about one background spool of Persist3,
             #     the steady state of a table that is written all the time.
@@ -187,14 +211,8 @@ def bench_create(args, log: SpoolLog, persist=None) -> list[dict]:
             make_clean(Persist3)
             spools += log.background_between(start, end)
 
-            # (b) spooler IDLE (Persist3 clean): the memory-only model alone, as in an
-            #     app without persistent tables; as many creates as it had in (a).
-            idle_ns: list[int] = []
-            gc.collect()
-            gc.disable()
-            for _ in range(len(plain_ns) // BLOCK):
-                timed_creates(Plain3, BLOCK, idle_ns, seq)
-            gc.enable()
+            # (b), second half
+            idle_creates(Plain3, args.window / 2, idle_ns, seq)
             Plain3.objects.filter(pk__gt=plain_pk0).delete()
             assert not is_dirty(label)
 
