@@ -348,8 +348,8 @@ def _stored_chunks(label: str, snapshot: Any) -> Iterator[bytes]:
     """The snapshot's chunks in order, each fetched by its own query (one in memory)."""
     from .models import PersistentStorage, SnapshotChunk
 
-    if (data := _inline(snapshot)) is not None:
-        yield data
+    if (inline := _inline(snapshot)) is not None:
+        yield inline
         return
     alias = storage_alias()
     chunks = SnapshotChunk.objects.using(alias).filter(snapshot_id=snapshot.pk)

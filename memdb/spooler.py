@@ -24,7 +24,7 @@ import tempfile
 import time
 from collections.abc import Iterable, Iterator
 from dataclasses import dataclass
-from typing import IO, Any
+from typing import IO, Any, cast
 
 from django.db import (
     DatabaseError,
@@ -34,7 +34,7 @@ from django.db import (
     router,
     transaction,
 )
-from django.db.models import Q
+from django.db.models import Field, Q
 from django.utils import timezone
 
 from . import codecs, compat, journal, signals, store
@@ -533,14 +533,14 @@ def _write_delta_once(
         "written_by": writer_id(),
         "updated_at": timezone.now(),
     }
-    fields = [PersistentStorage._meta.get_field(name) for name in values]
+    fields = [cast(Field, PersistentStorage._meta.get_field(name)) for name in values]
     qn = connection.ops.quote_name
     typed = connection.vendor == "postgresql"  # parameter types for server-side binding
     lock = (
         " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
     )
     sql = (
-        f"INSERT INTO {{storage}} ({', '.join(qn(f.column) for f in fields)}, created_at) "
+        f"INSERT INTO {{storage}} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
         f"SELECT {', '.join(f'%s::{f.db_type(connection)}' if typed else '%s' for f in fields)}, "
         "created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
         "AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
