@@ -231,6 +231,8 @@ class MemoryTableAdmin(admin.ModelAdmin):
         except MemdbError as exc:
             self.message_user(request, f"Cannot list the memory tables: {exc}", messages.ERROR)
             infos = []
+        if infos and infos[0].warning:
+            self.message_user(request, f"Note: {infos[0].warning}.", messages.WARNING)
         largest = max([i.snapshot_bytes or 0 for i in infos] + [1])
         rows = [
             {

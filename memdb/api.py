@@ -65,6 +65,10 @@ class TableInfo:
     #: "ok" (restored in this process), "failed", or "none" (nothing restored).
     restore_state: str
     restore_error: str | None
+    #: Where the table lives: "process" (a memory database private to this process).
+    store: str
+    #: Set when this process looks like one of several workers: each has its own copy.
+    warning: str | None
 
 
 def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
@@ -207,6 +211,9 @@ def tables(*labels: str) -> list[TableInfo]:
     with store.raw_connection(state.name) as conn:
         seqs = {m._meta.db_table: store.read_seq(conn, m._meta.db_table) for m in models}
         counts = {m._meta.db_table: store.count_rows(conn, m._meta.db_table) for m in models}
+    from .deployment import process_store_warning
+
+    warning = process_store_warning()
     infos = []
     for model in models:
         persistent = is_persistent(model)
@@ -236,6 +243,8 @@ def tables(*labels: str) -> list[TableInfo]:
                 codecs=tuple(snap["codecs"] or ()) if snap else (),
                 restore_state=restore_state,
                 restore_error=restore_error,
+                store=store.STORE,
+                warning=warning,
             )
         )
     return infos

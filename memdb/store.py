@@ -268,9 +268,24 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
             state.ready = True
         finally:
             state.booting = None
+    _warn_if_multi_process()
     from . import policies
 
     policies.process_started()
+
+
+#: The kind of store this module keeps: a SQLite shared-cache memory database private to
+#: one process (reported by ``api.tables()``).
+STORE = "process"
+
+
+def _warn_if_multi_process() -> None:
+    """Log once per process when its persistent tables are one copy among several."""
+    from .deployment import process_store_warning
+    from .registry import persistent_models
+
+    if persistent_models() and (warning := process_store_warning()):
+        logger.warning("memdb: %s", warning)
 
 
 def create_schema(wrapper: BaseDatabaseWrapper) -> None:

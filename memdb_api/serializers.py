@@ -57,6 +57,16 @@ class TableSerializer(serializers.Serializer):
         help_text="ok: restored in this process; failed: see restore_error; none: nothing restored.",
     )
     restore_error = serializers.CharField(allow_null=True)
+    store = serializers.ChoiceField(
+        choices=[("process", "process")],
+        help_text="Where the table lives. process: a memory database private to the process "
+        "that answers.",
+    )
+    warning = serializers.CharField(
+        allow_null=True,
+        help_text="Set when the answering process looks like one of several workers of one "
+        "server (e.g. gunicorn --workers 4): each has its own copy of the table.",
+    )
 
 
 class TablesRequestSerializer(serializers.Serializer):

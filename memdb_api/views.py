@@ -58,6 +58,8 @@ TABLE_EXAMPLE = {
     "codecs": ["zlib"],
     "restore_state": "ok",
     "restore_error": None,
+    "store": "process",
+    "warning": None,
 }
 
 

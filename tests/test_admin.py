@@ -552,6 +552,16 @@ def test_memory_tables_page_follows_the_admin_look(admin: Client) -> None:
     assert 'id="theme-toggle"' in html or "theme-toggle" in html, "the dark mode switch"
 
 
+def test_memory_tables_page_warns_when_this_is_one_of_several_workers(
+    admin: Client, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    assert "worker processes" not in admin.get(TABLES).content.decode()
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    html = admin.get(TABLES).content.decode()
+    assert 'class="warning"' in html and "one of 4 worker processes" in html
+
+
 def test_memory_tables_page_shows_a_failed_restore(admin: Client) -> None:
     Score.objects.create(player="a")
     api.spool("testapp.Score")

@@ -655,6 +655,8 @@ def test_tables_reports_memory_only_tables() -> None:
         codecs=(),
         restore_state="none",
         restore_error=None,
+        store="process",
+        warning=None,
     )
 
 

@@ -48,6 +48,8 @@ TABLE_FIELDS = {
     "codecs",
     "restore_state",
     "restore_error",
+    "store",
+    "warning",
 }
 SPOOL_FIELDS = {
     "label",
@@ -167,6 +169,8 @@ def table_json(info: api.TableInfo) -> dict[str, Any]:
         "codecs": list(info.codecs),
         "restore_state": info.restore_state,
         "restore_error": info.restore_error,
+        "store": info.store,
+        "warning": info.warning,
     }
 
 
