@@ -4,8 +4,8 @@ from __future__ import annotations
 
 import threading
 import time
-from collections.abc import Callable
-from contextlib import AbstractContextManager
+from collections.abc import Callable, Iterator
+from contextlib import AbstractContextManager, contextmanager
 from typing import Any
 
 import pytest
@@ -201,16 +201,16 @@ def test_interval_thread_can_be_stopped_and_started() -> None:
     assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
 
 
-def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() -> None:
-    """Regression: all tables shared one change-counter table, so a transaction writing
-    any memory table for longer than LOCK_TIMEOUT stalled every interval spool."""
-    IntervalScore.objects.create(player="a")
+@contextmanager
+def held_transaction(write: Callable[[], Any]) -> Iterator[threading.Event]:
+    """A thread holds a memory transaction that ran ``write`` for the block; the
+    yielded event ends it early (it ends when the block does at the latest)."""
     holding, release = threading.Event(), threading.Event()
 
     def long_transaction() -> None:
         try:
             with transaction.atomic(using="memdb"):
-                Hit.objects.create(path="/slow")
+                write()
                 holding.set()
                 release.wait(30)
         finally:
@@ -220,10 +220,18 @@ def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() 
     writer.start()
     try:
         assert holding.wait(10)
-        assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
+        yield release
     finally:
         release.set()
         writer.join(30)
+
+
+def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() -> None:
+    """Regression: all tables shared one change-counter table, so a transaction writing
+    any memory table for longer than LOCK_TIMEOUT stalled every interval spool."""
+    IntervalScore.objects.create(player="a")
+    with held_transaction(lambda: Hit.objects.create(path="/slow")):
+        assert wait_until(lambda: snapshot(IntervalScore) == (1, 1), timeout=20 * INTERVAL + 5)
     assert Hit.objects.filter(path="/slow").exists()
 
 
@@ -235,32 +243,17 @@ def test_interval_flush_skips_a_busy_table_once_then_waits_for_it() -> None:
     more than ``INTERVAL`` plus two spools of writes."""
     policies.stop_interval()
     IntervalScore.objects.create(player="a")
-    holding, release = threading.Event(), threading.Event()
-
-    def long_transaction() -> None:
-        try:
-            with transaction.atomic(using="memdb"):
-                IntervalScore.objects.create(player="held")
-                holding.set()
-                release.wait(30)
-        finally:
-            connections.close_all()
-
-    writer = threading.Thread(target=long_transaction)
-    writer.start()
     try:
-        assert holding.wait(10)
-        started = time.monotonic()
-        assert api.flush(policy="interval", skip_busy=True) == []
-        assert time.monotonic() - started < 5 * store.Gate.HOLD + 1
-        assert snapshot(IntervalScore) is None
-        threading.Timer(0.3, release.set).start()
-        (result,) = api.flush(policy="interval", skip_busy=True)
-        assert time.monotonic() - started >= 0.3
-        assert (result.label, result.rows) == ("testapp.IntervalScore", 2)
+        with held_transaction(lambda: IntervalScore.objects.create(player="held")) as release:
+            started = time.monotonic()
+            assert api.flush(policy="interval", skip_busy=True) == []
+            assert time.monotonic() - started < 5 * store.Gate.HOLD + 1
+            assert snapshot(IntervalScore) is None
+            threading.Timer(0.3, release.set).start()
+            (result,) = api.flush(policy="interval", skip_busy=True)
+            assert time.monotonic() - started >= 0.3
+            assert (result.label, result.rows) == ("testapp.IntervalScore", 2)
     finally:
-        release.set()
-        writer.join(30)
         policies.process_started()
     assert snapshot(IntervalScore) == (1, 2)
 
