@@ -7,7 +7,10 @@ start-up. Two signs count, read on each call (they are cheap):
 
 - sibling workers: other processes with the same parent and the same command line as
   this one (how a pre-forking server's workers look; Linux ``/proc``);
-- ``WEB_CONCURRENCY`` above 1 (gunicorn's default worker count, set by many hosts).
+- ``WEB_CONCURRENCY`` above 1 (gunicorn's default worker count, set by many hosts; a
+  one-off ``manage.py`` command run with it set says so too).
+
+A server running as PID 1 (in a container) counts the same: its workers' parent is 1.
 """
 
 from __future__ import annotations
@@ -40,7 +43,7 @@ def sibling_workers() -> int:
     1 where ``/proc`` cannot tell."""
     me = _command_line(os.getpid())
     parent = os.getppid()
-    if me is None or parent <= 1:
+    if me is None:
         return 1
     count = 0
     for entry in PROC.iterdir():

@@ -55,13 +55,21 @@ def spool_committed() -> None:
     """Spool the dirty ``commit``-policy tables; errors reach the writer.
 
     Asks this thread's own connection which of them are dirty, so a write to other
-    tables costs one indexed read per ``commit`` table and nothing more.
+    tables costs one indexed read per ``commit`` table and nothing more. Inside a
+    transaction on the default database (``ATOMIC_REQUESTS``, an outer ``atomic()``),
+    the spool waits for that transaction to commit.
     """
-    from django.db import connections
+    from django.db import connections, transaction
 
     from . import store
-    from .spooler import flush, spool_each
+    from .spooler import flush, spool_each, storage_alias
 
+    storage = storage_alias()
+    if connections[storage].in_atomic_block:
+        # Stored when that transaction commits; a rollback leaves the table dirty, and
+        # the next spool stores it.
+        transaction.on_commit(spool_committed, using=storage)
+        return
     raw = connections[memdb_settings.ALIAS].connection
     state = store.current_state()
     if raw is None or not state.ready:

@@ -332,8 +332,15 @@ def _write_decoded(
 
 
 def _inline(stored: Any) -> bytes | None:
-    """The data of a row stored inline (no chunks), or None."""
-    return None if stored.chunk_count or stored.inline is None else bytes(stored.inline)
+    """The data of a row stored inline (no chunks), or None: it has chunks, or should.
+
+    A row of no chunks, nothing inline and size 0 holds an empty payload (a 0.0.6
+    processor may make one)."""
+    if stored.chunk_count:
+        return None
+    if stored.inline is None:
+        return b"" if stored.size == 0 else None
+    return bytes(stored.inline)
 
 
 def _no_data(label: str, stored: Any) -> RestoreError:

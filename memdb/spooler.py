@@ -18,6 +18,7 @@ import contextlib
 import hashlib
 import io
 import os
+import re
 import socket
 import sqlite3
 import tempfile
@@ -220,6 +221,13 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
     """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``."""
     label = model._meta.label
     refuse_inside_transaction("spool", label, SpoolError)
+    if connections[storage_alias()].in_atomic_block:
+        raise SpoolError(
+            f"cannot spool {label} inside transaction.atomic() on the default database "
+            f"{storage_alias()!r}: a rollback of that block would take the stored snapshot "
+            f"with it while this process counted it as stored; spool after the block "
+            f"(transaction.on_commit)"
+        )
     store.ensure_ready()
     state = store.current_state()
     table_state = state.table(label)
@@ -397,9 +405,11 @@ def write_snapshot(
         with transaction.atomic(using=alias):
             existing = stored_rows(model)
             _take_write_lock(existing, alias)
+            # The latest row, the snapshot first where a compaction left a snapshot
+            # and a delta of the same generation: the row a delta writer locks too.
             current = (
                 existing.select_for_update()
-                .order_by("-generation")
+                .order_by("-generation", "-kind")
                 .values("pk", "generation", "created_at", "written_by", "updated_at")
                 .first()
             )
@@ -431,11 +441,15 @@ def write_snapshot(
                 .order_by("-generation")
                 .values("generation", "written_by", "updated_at", "created_at", "pk")
             )
+            replaced = []
             for row in newer:
                 if not force and row["generation"] > (expected or 0):
                     _check_generation(label, row, expected, force, me)
-            SnapshotChunk.objects.using(alias).filter(snapshot__in=old).delete()
-            old.delete()
+                replaced.append(row["pk"])
+            # Only the rows read (and locked) here: a row stored after that read is no
+            # business of this snapshot's.
+            SnapshotChunk.objects.using(alias).filter(snapshot_id__in=replaced).delete()
+            existing.filter(pk__in=replaced).delete()
     except IntegrityError as exc:
         raise _lost_race(model, exc) from exc
     except DatabaseError as exc:
@@ -535,29 +549,28 @@ def _write_delta_once(
     }
     fields = [cast(Field, PersistentStorage._meta.get_field(name)) for name in values]
     qn = connection.ops.quote_name
-    typed = connection.vendor == "postgresql"  # parameter types for server-side binding
+    # Parameter types for server-side binding on PostgreSQL; no length, so a value too
+    # long is an error, not cut short.
+    typed = connection.vendor == "postgresql"
     lock = (
         " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
     )
     sql = (
         f"INSERT INTO {{storage}} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
-        f"SELECT {', '.join(f'%s::{f.db_type(connection)}' if typed else '%s' for f in fields)}, "
+        f"SELECT {', '.join(f'%s::{_base_type(f, connection)}' if typed else '%s' for f in fields)}, "
         "created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
         "AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
-        "newer.model_name = %s AND newer.generation > %s) LIMIT 1" + lock
+        "newer.model_name = %s AND newer.generation > %s) ORDER BY kind DESC LIMIT 1" + lock
     )
     key = (values["app_label"], values["model_name"], expected or 0)
     params = [
         f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
     ]
-    # Inside a transaction on the default database, a savepoint: a refusal leaves that
-    # transaction usable.
-    wrap = connection.in_atomic_block
-    with transaction.atomic(using=alias) if wrap else contextlib.nullcontext():
+    for _attempt in range(READ_RETRIES):
         with connection.cursor() as cursor:
             _execute(cursor, sql, [*params, *key, *key])
-            inserted = cursor.rowcount
-    if inserted != 1:
+            if cursor.rowcount == 1:
+                return generation, len(data), 0
         current = _latest(stored_rows(model))
         if current is None:
             raise ConflictError(
@@ -565,8 +578,21 @@ def _write_delta_once(
                 f"spool again to store the whole table"
             )
         _check_generation(label, current, expected, False, writer_id())
-        raise ConflictError(f"{label}: generation {expected} is no longer stored")
-    return generation, len(data), 0
+        # Still the generation this process knows: the row the INSERT read was replaced
+        # by a compaction's snapshot of the same generation meanwhile. Again.
+    raise ConflictError(
+        f"{label}: generation {expected} was replaced {READ_RETRIES} times while a delta "
+        f"was stored on it; try again"
+    )
+
+
+#: Tries of a delta whose base row a compaction replaced at the same generation.
+READ_RETRIES = 3
+
+
+def _base_type(field: Field, connection: Any) -> str:
+    """The field's column type without a length: ``varchar(100)`` is ``varchar``."""
+    return re.sub(r"\(\d+\)", "", str(field.db_type(connection)))
 
 
 def _execute(cursor: Any, sql: str, params: Iterable[Any]) -> None:
@@ -843,13 +869,21 @@ def flush(
                         gate=state.gate,
                     )
             except sqlite3.OperationalError as exc:
-                if skip and store.is_lock_error(exc):
+                if not (skip_busy and store.is_lock_error(exc)):
+                    raise
+                if skip:
                     store.logger.info(
                         "memdb: %s is busy; spooled at the next tick", model._meta.label
                     )
-                    table_state.skipped = True
-                    continue
-                raise
+                else:  # waited LOCK_TIMEOUT: skipped again next time, then waited for
+                    store.logger.warning(
+                        "memdb: %s was not spooled: a transaction has held it for more "
+                        "than LOCK_TIMEOUT (%s s)",
+                        model._meta.label,
+                        memdb_settings.LOCK_TIMEOUT,
+                    )
+                table_state.skipped = skip
+                continue
             table_state.skipped = False
             if store.is_dirty(state, model, seq):
                 dirty.append(model)

@@ -13,8 +13,10 @@ from __future__ import annotations
 
 import base64
 import json
+import os
 import sqlite3
 import threading
+import time
 import zlib
 from collections.abc import Callable, Iterator
 from contextlib import AbstractContextManager
@@ -25,9 +27,9 @@ from cryptography.fernet import Fernet
 from django.db import connections, transaction
 from django.db.models import F
 
-from memdb import api, codecs, journal, policies, signals, store
+from memdb import api, codecs, journal, policies, signals, spooler, store
 from memdb import restore as restore_module
-from memdb.exceptions import ProtectedTableError, RestoreError
+from memdb.exceptions import ConflictError, ProtectedTableError, RestoreError, SpoolError
 from memdb.models import PersistentStorage
 from memdb.spooler import SpoolResult
 from tests.children import (
@@ -1197,3 +1199,176 @@ def test_a_process_behind_gets_a_conflict_for_its_delta(default_db: str, tmp_pat
 
     assert run(CHILD_LAYOUT, env)["stored"] == before
     assert read("CommitScore", env)["rows"] == second["rows"]
+
+
+# -- inside a transaction on the default database ------------------------------------------
+
+
+class Boom(Exception):
+    pass
+
+
+def test_a_commit_write_inside_a_default_atomic_is_stored_when_that_commits() -> None:
+    """``ATOMIC_REQUESTS`` or an outer ``atomic()`` on the default database: the delta is
+    stored when that transaction commits; if it rolls back, nothing is stored and the
+    table stays dirty, so the next write stores both rows.
+
+    Regression (review): the delta was written inside the outer transaction, the
+    rollback took it away while this process counted it stored, and every later write
+    of the table failed with a conflict."""
+    seed(3)
+    with transaction.atomic(using="default"):
+        CommitScore.objects.create(player="inside", points=1)
+        assert layout() == [("snapshot", 1, 3)], "not before the outer commit"
+    assert layout() == [("snapshot", 1, 3), ("delta", 2, 4)]
+
+    with pytest.raises(Boom), transaction.atomic(using="default"):
+        CommitScore.objects.create(player="rolled back outside", points=2)
+        raise Boom
+    assert layout()[-1] == ("delta", 2, 4)
+    assert info(LABEL).dirty is True, "the memory write stands, not yet stored"
+    CommitScore.objects.create(player="next", points=3)
+    assert layout()[-1] == ("delta", 3, 6)
+    upsert, _ = changes(delta(3))
+    assert [row[1] for row in upsert] == ["rolled back outside", "next"]
+    restore_and_check(memory(), 3)
+
+
+def test_spool_inside_a_default_atomic_is_refused() -> None:
+    seed(3)
+    CommitScore.objects.filter(player="p0").update(points=9)
+    with pytest.raises(SpoolError, match=r"inside transaction.atomic\(\) on the default database"):
+        with transaction.atomic(using="default"):
+            api.spool(LABEL, force=True)
+    assert layout() == [("snapshot", 1, 3), ("delta", 2, 3)]
+
+
+# -- a delta racing a whole snapshot or a compaction on the default database's row locks --
+
+STORAGE = PersistentStorage._meta.db_table
+COPIED = (
+    "app_label, model_name, format, format_version, codecs, key_ids, row_count, size, "
+    "checksum, chunk_count, inline, created_at, updated_at"
+)
+
+
+def storage_sql(sql: str) -> None:
+    """Run ``sql`` ({t}: the storage table) on the default database, in autocommit."""
+    with connections["default"].cursor() as cursor:
+        cursor.execute(sql.format(t=connections["default"].ops.quote_name(STORAGE)))
+
+
+def in_thread(name: str, out: dict[str, Any], work: Callable[[], Any]) -> threading.Thread:
+    """Run ``work`` in a thread of its own (its own connections); ``out[name]`` is its
+    result or the error it raised, as ``("ok", result)`` or ``("error", exc)``."""
+
+    def run() -> None:
+        try:
+            out[name] = ("ok", work())
+        except Exception as exc:
+            out[name] = ("error", exc)
+        finally:
+            connections.close_all()
+
+    thread = threading.Thread(target=run)
+    thread.start()
+    return thread
+
+
+@pytest.mark.skipif(
+    os.environ.get("MEMDB_TEST_DB", "sqlite") == "sqlite",
+    reason="SQLite serialises writers: no row lock to race on",
+)
+def test_a_delta_and_a_snapshot_racing_after_a_compaction_lose_no_acknowledged_write() -> None:
+    """A compaction left a snapshot and a delta of the same generation 2. A delta
+    writer (A) and a process storing the whole table on generation 2 (B) must lock the
+    same row, so one of them is refused.
+
+    Regression (review): A locked delta 2 and B snapshot 2; B's delete then removed A's
+    acknowledged delta 3, and A's next write stacked delta 4 on B's snapshot."""
+    seed(3)
+    CommitScore.objects.create(player="x", points=1)  # delta 2
+    storage_sql(  # compaction phase 1: a snapshot of generation 2 beside delta 2
+        f"INSERT INTO {{t}} ({COPIED}, kind, generation, written_by) SELECT {COPIED}, "
+        f"'snapshot', 2, 'compactor' FROM {{t}} WHERE kind = 'delta' AND generation = 2"
+    )
+    holding, release = threading.Event(), threading.Event()
+
+    def hold_generation_3() -> None:  # freezes A's INSERT on the unique index a while
+        with transaction.atomic(using="default"):
+            storage_sql(
+                f"INSERT INTO {{t}} ({COPIED}, kind, generation, written_by) SELECT "
+                f"{COPIED}, 'delta', 3, 'holder' FROM {{t}} WHERE kind = 'delta' AND "
+                f"generation = 2"
+            )
+            holding.set()
+            release.wait(30)
+            raise RuntimeError("rolled back on purpose")
+
+    out: dict[str, Any] = {}
+    holder = in_thread("holder", out, hold_generation_3)
+    assert holding.wait(10)
+    a = in_thread("A", out, lambda: CommitScore.objects.create(player="acknowledged", points=2))
+    time.sleep(1)
+    b = in_thread(
+        "B",
+        out,
+        lambda: spooler.write_snapshot(
+            CommitScore,
+            chunks=iter([b"B's image"]),
+            rows=3,
+            chain=(),
+            fmt=spooler.SNAPSHOT_FORMAT,
+            expected=2,
+            force=False,
+        ),
+    )
+    time.sleep(1)
+    release.set()
+    for thread in (holder, a, b):
+        thread.join(30)
+    assert {out["A"][0], out["B"][0]} == {"ok", "error"}, out
+    if out["A"][0] == "ok":
+        assert isinstance(out["B"][1], ConflictError), out
+        assert layout()[-1] == ("delta", 3, 5)
+        upsert, _ = changes(delta(3))
+        assert [row[1] for row in upsert] == ["acknowledged"]
+    else:
+        assert isinstance(out["A"][1], ConflictError), out
+        assert layout() == [("snapshot", 3, 3)]
+
+
+@pytest.mark.skipif(
+    os.environ.get("MEMDB_TEST_DB", "sqlite") == "sqlite",
+    reason="SQLite serialises writers: no row lock to race on",
+)
+def test_a_delta_whose_base_a_compaction_replaced_meanwhile_is_stored() -> None:
+    """A delta INSERT that waited on delta 2 while a compaction stored snapshot 2 and
+    then dropped delta 2 finds no row to copy: it tries again on snapshot 2.
+
+    Regression (review): it was refused with "generation 2 is no longer stored"."""
+    seed(3)
+    CommitScore.objects.create(player="x", points=1)  # delta 2
+    holding, release = threading.Event(), threading.Event()
+
+    def compaction() -> None:  # phase 2 holds delta 2, phase 1 commits meanwhile
+        with transaction.atomic(using="default"):
+            storage_sql("SELECT id FROM {t} WHERE kind = 'delta' AND generation = 2 FOR UPDATE")
+            holding.set()
+            release.wait(30)
+            storage_sql("DELETE FROM {t} WHERE kind = 'delta' AND generation = 2")
+
+    out: dict[str, Any] = {}
+    phase2 = in_thread("phase 2", out, compaction)
+    assert holding.wait(10)
+    writer = in_thread("writer", out, lambda: CommitScore.objects.create(player="y", points=2))
+    time.sleep(1)
+    storage_sql(
+        f"INSERT INTO {{t}} ({COPIED}, kind, generation, written_by) SELECT {COPIED}, "
+        f"'snapshot', 2, 'compactor' FROM {{t}} WHERE kind = 'delta' AND generation = 2"
+    )
+    release.set()
+    for thread in (phase2, writer):
+        thread.join(30)
+    assert out["phase 2"][0] == "ok" and out["writer"][0] == "ok", out
+    assert layout() == [("snapshot", 1, 3), ("snapshot", 2, 4), ("delta", 3, 5)]
