@@ -62,7 +62,20 @@ def _restore(request: HttpRequest, labels: list[str], notify: Any) -> None:
         )
 
 
-class MemDBModelAdmin(admin.ModelAdmin):
+class StorageViews:
+    """A ModelAdmin mixin: its views are never wrapped by ``ATOMIC_REQUESTS`` on the
+    default database, where a spool inside a transaction is refused (see
+    ``memdb.api.storage_view``). Their own writes are to the memory database."""
+
+    def get_urls(self) -> list[Any]:
+        urls: list[Any] = super().get_urls()  # type: ignore[misc]
+        for pattern in urls:
+            if callable(getattr(pattern, "callback", None)):
+                api.storage_view(pattern.callback)
+        return urls
+
+
+class MemDBModelAdmin(StorageViews, admin.ModelAdmin):
     """A ModelAdmin for memory models, with the actions "Spool now" and "Restore from storage".
 
     Use it as the base class (or mixin) of a memory model's admin; both actions need the
@@ -85,7 +98,7 @@ class MemDBModelAdmin(admin.ModelAdmin):
 
 
 @admin.register(PersistentStorage)
-class PersistentStorageAdmin(admin.ModelAdmin):
+class PersistentStorageAdmin(StorageViews, admin.ModelAdmin):
     """The stored snapshots: sizes at a glance, never their data, never editable."""
 
     list_display = [
@@ -212,7 +225,7 @@ class MemoryTableAdmin(admin.ModelAdmin):
         return [
             path(
                 "",
-                self.admin_site.admin_view(self.changelist_view),
+                api.storage_view(self.admin_site.admin_view(self.changelist_view)),
                 name=f"{info[0]}_{info[1]}_changelist",
             ),
         ]

@@ -5,6 +5,7 @@ Labels are ``"app_label.ModelName"`` (case-insensitive); no labels means every t
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
 from datetime import datetime
 from typing import Any
@@ -26,6 +27,7 @@ from .restore import RestoreResult, restore_models
 from .spooler import SpoolResult, flush, spool_model, stored_snapshots
 
 __all__ = [
+    "storage_view",
     "TableInfo",
     "SpoolResult",
     "RestoreResult",
@@ -69,6 +71,16 @@ class TableInfo:
     store: str
     #: Set when this process looks like one of several workers: each has its own copy.
     warning: str | None
+
+
+def storage_view(view: Callable[..., Any]) -> Callable[..., Any]:
+    """Mark a view that spools (``ATOMIC_REQUESTS`` must not wrap it on the default
+    database: a spool inside a transaction there is refused). memdb's admin and REST
+    views are marked; mark your own views that call ``spool()`` or ``flush()``.
+    """
+    from .spooler import storage_alias
+
+    return transaction.non_atomic_requests(using=storage_alias())(view)
 
 
 def spool(*labels: str, force: bool = False) -> list[SpoolResult]:

@@ -142,10 +142,18 @@ class JSONBodyParser(JSONParser):
 
 
 class MemdbAPIView(APIView):
-    """Permissions and throttle from ``MEMDB``; every error as ``{"detail", "code"}`` JSON."""
+    """Permissions and throttle from ``MEMDB``; every error as ``{"detail", "code"}`` JSON.
+
+    Never wrapped by ``ATOMIC_REQUESTS`` on the default database, where a spool inside a
+    transaction is refused (``memdb.api.storage_view``).
+    """
 
     throttle_classes = [MemdbThrottle]
     parser_classes = [JSONBodyParser]
+
+    @classmethod
+    def as_view(cls, **initkwargs: Any) -> Any:
+        return api.storage_view(super().as_view(**initkwargs))
 
     @property
     def throttle_scope(self) -> str:

@@ -15,6 +15,7 @@ from typing import Any
 import pytest
 from django.contrib.admin.helpers import ACTION_CHECKBOX_NAME
 from django.contrib.auth.models import Permission, User
+from django.db import connections
 from django.template.defaultfilters import filesizeformat
 from django.test import Client
 from django.utils import timezone
@@ -572,6 +573,19 @@ def test_memory_tables_page_shows_a_failed_restore(admin: Client) -> None:
 
     restore = page.cells("testapp.Score")["restore"]
     assert restore.startswith("failed: ") and "checksum" in restore
+
+
+def test_admin_spools_under_atomic_requests(admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
+    """With ``ATOMIC_REQUESTS`` on the default database, memdb's admin views are left
+    out of it: the Memory tables page and a memory model's action still spool."""
+    monkeypatch.setitem(connections["default"].settings_dict, "ATOMIC_REQUESTS", True)
+    scores = Score.objects.bulk_create([Score(player=f"p{i}", points=i) for i in range(3)])
+    response = admin.post(TABLES, {"action": "spool", "table": "testapp.Score"}, follow=True)
+    assert [level for level, _ in messages_of(response)] == ["success"], messages_of(response)
+    Score.objects.create(player="late")
+    response = action(admin, SCORES, "memdb_spool_now", [scores[0].pk])
+    assert [level for level, _ in messages_of(response)] == ["success"], messages_of(response)
+    assert stored(Score).row_count == 4
 
 
 def test_memory_tables_spool_now_for_one_table(admin: Client) -> None:

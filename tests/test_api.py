@@ -167,10 +167,17 @@ def test_spool_inside_atomic_on_the_memory_database_is_refused() -> None:
         with pytest.raises(RestoreError, match=r"inside transaction\.atomic\(\)"):
             api.restore("testapp.Score")
     assert not PersistentStorage.objects.exists()
-    # Inside atomic() on the default database only, it works.
+    # Inside atomic() on the default database, a spool is refused too (a rollback there
+    # would take the snapshot away while memdb counted it stored); a restore only reads.
     with transaction.atomic(using="default"):
-        (result,) = api.spool("testapp.Score")
+        with pytest.raises(SpoolError, match=r"inside transaction\.atomic\(\) on the default"):
+            api.spool("testapp.Score")
+    assert not PersistentStorage.objects.exists()
+    (result,) = api.spool("testapp.Score")
     assert result.rows == 1
+    with transaction.atomic(using="default"):
+        (restored,) = api.restore("testapp.Score")
+    assert restored.rows == 1
 
 
 def test_spool_snapshots_committed_rows_only() -> None:

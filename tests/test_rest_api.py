@@ -17,6 +17,7 @@ from django.conf import settings
 from django.contrib.auth import get_user_model
 from django.core.cache import cache
 from django.core.exceptions import ImproperlyConfigured
+from django.db import connections
 from django.http import HttpRequest
 from django.middleware.csrf import get_token
 from django.test.utils import override_settings
@@ -335,6 +336,21 @@ def test_spool_of_named_tables_spools_those_only(ops: APIClient, slash: str) -> 
     assert (result["label"], result["rows"], result["generation"]) == ("testapp.Score", 1, 1)
     assert_spool_results_match_storage([result])
     assert [row.label for row in PersistentStorage.objects.all()] == ["testapp.Score"]
+
+
+def test_spool_and_restore_work_under_atomic_requests(
+    ops: APIClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    """With ``ATOMIC_REQUESTS`` on the default database, the API's views are left out
+    of it (a spool inside a transaction there is refused), and a commit-policy write in
+    an atomic request is stored when the request commits."""
+    monkeypatch.setitem(connections["default"].settings_dict, "ATOMIC_REQUESTS", True)
+    Score.objects.create(player="a", points=1)
+    response = post(ops, "/memdb/spool", {"tables": ["testapp.Score"]})
+    assert response.status_code == 200, response.content
+    assert response.json()["results"][0]["rows"] == 1
+    response = post(ops, "/memdb/restore", {"tables": ["testapp.Score"]})
+    assert response.status_code == 200, response.content
 
 
 def test_spool_of_an_unchanged_table_writes_nothing_unless_forced(ops: APIClient) -> None:
