@@ -13,6 +13,7 @@ from typing import Any
 from django.db import transaction
 
 from . import store
+from .conf import memdb_settings
 from .exceptions import MemdbError, RestoreError
 from .registry import (
     is_persistent,
@@ -80,7 +81,9 @@ def storage_view(view: Callable[..., Any]) -> Callable[..., Any]:
     """
     from .spooler import storage_alias
 
-    return transaction.non_atomic_requests(using=storage_alias())(view)
+    for alias in {storage_alias(), memdb_settings.ALIAS}:
+        view = transaction.non_atomic_requests(using=alias)(view)
+    return view
 
 
 def spool(*labels: str, force: bool = False) -> list[SpoolResult]:
@@ -135,6 +138,16 @@ def discard(*labels: str) -> int:
     table spools again from what is in memory. A label may also name an orphaned
     snapshot (its model was removed, or is no longer persistent; see ``orphans()``).
     """
+    from django.db import connections
+
+    from .spooler import in_transaction, storage_alias
+
+    if in_transaction(connections[storage_alias()]):
+        raise MemdbError(
+            f"cannot discard inside a transaction on the default database "
+            f"{storage_alias()!r}: a rollback would bring the snapshots back while this "
+            f"process counted them gone; discard after the block (transaction.on_commit)"
+        )
     orphaned = {label.lower(): label for label in orphans()}
     named = tuple(label for label in labels if label.lower() not in orphaned)
     models = resolve(named, persistent_only=True) if named or not labels else []

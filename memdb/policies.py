@@ -57,18 +57,20 @@ def spool_committed() -> None:
     Asks this thread's own connection which of them are dirty, so a write to other
     tables costs one indexed read per ``commit`` table and nothing more. Inside a
     transaction on the default database (``ATOMIC_REQUESTS``, an outer ``atomic()``),
-    the spool waits for that transaction to commit.
+    the spool waits for that transaction to commit (``spool_after_commit``).
     """
-    from django.db import connections, transaction
+    from django.db import connections
 
     from . import store
-    from .spooler import flush, spool_each, storage_alias
+    from .spooler import flush, in_transaction, spool_each, storage_alias
 
-    storage = storage_alias()
-    if connections[storage].in_atomic_block:
-        # Stored when that transaction commits; a rollback leaves the table dirty, and
-        # the next spool stores it.
-        transaction.on_commit(spool_committed, using=storage)
+    storage = connections[storage_alias()]
+    if in_transaction(storage):
+        if storage.in_atomic_block:
+            if not any(entry[1] is spool_after_commit for entry in storage.run_on_commit):
+                storage.on_commit(spool_after_commit)
+        # In a transaction managed by hand (set_autocommit(False)), the interval
+        # spooler stores the table within INTERVAL seconds.
         return
     raw = connections[memdb_settings.ALIAS].connection
     state = store.current_state()
@@ -85,8 +87,26 @@ def spool_committed() -> None:
     )
 
 
+def spool_after_commit() -> None:
+    """``spool_committed`` once the default database's transaction committed.
+
+    Its data has committed by then, so an error is logged rather than raised at the
+    caller (whose other ``on_commit`` callbacks would be skipped); the table stays
+    dirty, and the interval spooler stores it within ``INTERVAL`` seconds, as it does
+    when a savepoint rollback dropped this callback.
+    """
+    from .exceptions import MemdbError
+
+    try:
+        spool_committed()
+    except MemdbError as exc:
+        logger.error("memdb: after the default database's transaction committed: %s", exc)
+
+
 class IntervalSpooler(threading.Thread):
-    """Spools dirty ``interval``-policy tables every ``MEMDB["INTERVAL"]`` seconds."""
+    """Spools dirty ``interval``-policy tables every ``MEMDB["INTERVAL"]`` seconds, and
+    ``commit``-policy tables left dirty (a spool that failed, or was deferred to a
+    transaction on the default database that never ran it)."""
 
     def __init__(self) -> None:
         super().__init__(name="memdb-interval-spooler", daemon=True)
@@ -107,7 +127,8 @@ class IntervalSpooler(threading.Thread):
         ):
             started = time.monotonic()
             try:
-                flush(policy="interval", skip_busy=True)
+                for policy in ("interval", "commit"):
+                    flush(policy=policy, skip_busy=True)
             except Exception:
                 logger.exception("memdb: interval spool failed")
             finally:
@@ -126,7 +147,7 @@ _interval_lock = threading.Lock()
 def process_started() -> None:
     """Start the interval spooler once the memory database is ready, if a table needs it."""
     global _interval
-    if not tables_with_policy("interval"):
+    if not (tables_with_policy("interval") or tables_with_policy("commit")):
         return
     with _interval_lock:
         if _interval is None or not _interval.is_alive():

@@ -93,6 +93,13 @@ def refuse_inside_transaction(action: str, label: str, error: type[MemdbError]) 
         )
 
 
+def in_transaction(connection: Any) -> bool:
+    """Whether ``connection`` is inside a transaction of its caller's: ``atomic()`` or
+    ``set_autocommit(False)``. memdb's storage writes are never made inside one: its
+    rollback would undo them while memdb counted them stored."""
+    return bool(connection.in_atomic_block or not connection.get_autocommit())
+
+
 def writer_id() -> str:
     return f"{socket.gethostname()}:{os.getpid()}"
 
@@ -221,7 +228,7 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
     """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``."""
     label = model._meta.label
     refuse_inside_transaction("spool", label, SpoolError)
-    if connections[storage_alias()].in_atomic_block:
+    if in_transaction(connections[storage_alias()]):
         raise SpoolError(
             f"cannot spool {label} inside transaction.atomic() on the default database "
             f"{storage_alias()!r}: a rollback of that block would take the stored snapshot "
@@ -441,15 +448,17 @@ def write_snapshot(
                 .order_by("-generation")
                 .values("generation", "written_by", "updated_at", "created_at", "pk")
             )
-            replaced = []
+            replaced: list[int] = []
             for row in newer:
                 if not force and row["generation"] > (expected or 0):
                     _check_generation(label, row, expected, force, me)
-                replaced.append(row["pk"])
-            # Only the rows read (and locked) here: a row stored after that read is no
-            # business of this snapshot's.
-            SnapshotChunk.objects.using(alias).filter(snapshot_id__in=replaced).delete()
-            existing.filter(pk__in=replaced).delete()
+                replaced.append(row["generation"])
+            # Only the rows read (and locked) here: a row stored after that read has a
+            # later generation and is no business of this snapshot's.
+            if replaced:
+                gone = old.filter(generation__lte=max(replaced))
+                SnapshotChunk.objects.using(alias).filter(snapshot__in=gone).delete()
+                gone.delete()
     except IntegrityError as exc:
         raise _lost_race(model, exc) from exc
     except DatabaseError as exc:

@@ -577,8 +577,10 @@ def test_memory_tables_page_shows_a_failed_restore(admin: Client) -> None:
 
 def test_admin_spools_under_atomic_requests(admin: Client, monkeypatch: pytest.MonkeyPatch) -> None:
     """With ``ATOMIC_REQUESTS`` on the default database, memdb's admin views are left
-    out of it: the Memory tables page and a memory model's action still spool."""
-    monkeypatch.setitem(connections["default"].settings_dict, "ATOMIC_REQUESTS", True)
+    out of it: the Memory tables page and a memory model's action still spool (the same
+    with ``ATOMIC_REQUESTS`` on the memory alias)."""
+    for alias in ("default", "memdb"):
+        monkeypatch.setitem(connections[alias].settings_dict, "ATOMIC_REQUESTS", True)
     scores = Score.objects.bulk_create([Score(player=f"p{i}", points=i) for i in range(3)])
     response = admin.post(TABLES, {"action": "spool", "table": "testapp.Score"}, follow=True)
     assert [level for level, _ in messages_of(response)] == ["success"], messages_of(response)

@@ -17,6 +17,7 @@ from django.utils import timezone
 from memdb import api, store
 from memdb.exceptions import (
     ConflictError,
+    MemdbError,
     NotPersistentError,
     ProtectedTableError,
     RestoreError,
@@ -178,6 +179,10 @@ def test_spool_inside_atomic_on_the_memory_database_is_refused() -> None:
     with transaction.atomic(using="default"):
         (restored,) = api.restore("testapp.Score")
     assert restored.rows == 1
+    with transaction.atomic(using="default"):
+        with pytest.raises(MemdbError, match=r"cannot discard inside a transaction"):
+            api.discard("testapp.Score")
+    assert PersistentStorage.objects.count() == 1
 
 
 def test_spool_snapshots_committed_rows_only() -> None:

@@ -1209,29 +1209,80 @@ class Boom(Exception):
 
 
 def test_a_commit_write_inside_a_default_atomic_is_stored_when_that_commits() -> None:
-    """``ATOMIC_REQUESTS`` or an outer ``atomic()`` on the default database: the delta is
-    stored when that transaction commits; if it rolls back, nothing is stored and the
-    table stays dirty, so the next write stores both rows.
+    """``ATOMIC_REQUESTS`` or an outer ``atomic()`` on the default database: the writes
+    are stored when that transaction commits, in one delta; if it rolls back, nothing is
+    stored and the table stays dirty, so the next write stores all of them.
 
     Regression (review): the delta was written inside the outer transaction, the
     rollback took it away while this process counted it stored, and every later write
     of the table failed with a conflict."""
+    policies.stop_interval()  # its backstop would store the dirty table (next test)
+    try:
+        seed(3)
+        with transaction.atomic(using="default"):
+            for n in range(3):
+                CommitScore.objects.create(player=f"inside {n}", points=n)
+            assert layout() == [("snapshot", 1, 3)], "not before the outer commit"
+        assert layout() == [("snapshot", 1, 3), ("delta", 2, 6)], "one delta for the three"
+
+        with pytest.raises(Boom), transaction.atomic(using="default"):
+            CommitScore.objects.create(player="rolled back outside", points=2)
+            raise Boom
+        assert layout()[-1] == ("delta", 2, 6)
+        assert info(LABEL).dirty is True, "the memory write stands, not yet stored"
+        CommitScore.objects.create(player="next", points=3)
+        assert layout()[-1] == ("delta", 3, 8)
+        upsert, _ = changes(delta(3))
+        assert [row[1] for row in upsert] == ["rolled back outside", "next"]
+        restore_and_check(memory(), 3)
+    finally:
+        policies.process_started()
+
+
+def test_a_deferred_spool_that_never_ran_is_stored_by_the_interval_spooler() -> None:
+    """A savepoint rolled back inside a committed transaction drops the deferred spool,
+    and a transaction managed by hand (``set_autocommit(False)``) cannot defer one: the
+    interval spooler stores the dirty table within ``INTERVAL``."""
     seed(3)
     with transaction.atomic(using="default"):
-        CommitScore.objects.create(player="inside", points=1)
-        assert layout() == [("snapshot", 1, 3)], "not before the outer commit"
-    assert layout() == [("snapshot", 1, 3), ("delta", 2, 4)]
+        with pytest.raises(Boom), transaction.atomic(using="default"):
+            CommitScore.objects.create(player="in a savepoint", points=1)
+            raise Boom
+    assert wait_until(lambda: layout()[-1] == ("delta", 2, 4), timeout=30.0)
+    default = connections["default"]
+    default.set_autocommit(False)
+    try:
+        CommitScore.objects.create(player="by hand", points=2)
+        assert wait_until(lambda: layout()[-1] == ("delta", 3, 5), timeout=30.0)
+    finally:
+        default.rollback()
+        default.set_autocommit(True)
+    assert [row[1] for row in stored_now()][-2:] == ["in a savepoint", "by hand"]
 
-    with pytest.raises(Boom), transaction.atomic(using="default"):
-        CommitScore.objects.create(player="rolled back outside", points=2)
-        raise Boom
-    assert layout()[-1] == ("delta", 2, 4)
-    assert info(LABEL).dirty is True, "the memory write stands, not yet stored"
-    CommitScore.objects.create(player="next", points=3)
-    assert layout()[-1] == ("delta", 3, 6)
-    upsert, _ = changes(delta(3))
-    assert [row[1] for row in upsert] == ["rolled back outside", "next"]
-    restore_and_check(memory(), 3)
+
+def test_a_deferred_spool_that_fails_is_logged_not_raised(
+    monkeypatch: pytest.MonkeyPatch, caplog: pytest.LogCaptureFixture
+) -> None:
+    """After the default database committed, a spool error must not fail the caller
+    (its data committed) nor skip the other on_commit callbacks: it is logged."""
+    seed(3)
+    policies.stop_interval()
+    ran: list[str] = []
+
+    def refuse(*args: Any, **kwargs: Any) -> Any:
+        raise ConflictError("testapp.CommitScore: refused on purpose")
+
+    monkeypatch.setattr(spooler, "spool_model", refuse)
+    try:
+        with transaction.atomic(using="default"):
+            CommitScore.objects.create(player="late", points=1)
+            transaction.on_commit(lambda: ran.append("other callback"), using="default")
+    finally:
+        monkeypatch.undo()
+        policies.process_started()
+    assert ran == ["other callback"]
+    assert "after the default database's transaction committed" in caplog.text
+    assert "refused on purpose" in caplog.text
 
 
 def test_spool_inside_a_default_atomic_is_refused() -> None:
