@@ -543,7 +543,7 @@ def part1(args: argparse.Namespace, kind: str) -> list[Figure]:
         # database pays at least a memory-only create() plus a plain one.
         Figure(
             '1b"',
-            f"(memory-only create() + plain create() on {kind}) / plain: the floor of 1b",
+            f"floor of 1b: (memory-only + plain create()) / plain, {kind}",
             statistics.median(
                 (m + p) / p for m, p in zip(means[names[3]], means[names[2]], strict=True)
             ),
@@ -1157,7 +1157,7 @@ def run_all(args: argparse.Namespace, db_dir: str) -> list[Figure]:
             policies.stop_interval()
             connections.close_all()
     order = {str(n): n for n in PARTS}
-    return sorted(figures, key=lambda f: order.get(f.target.rstrip("ab'"), 0))
+    return sorted(figures, key=lambda f: order.get(f.target.rstrip("ab'\""), 0))
 
 
 if __name__ == "__main__":
