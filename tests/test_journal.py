@@ -1296,6 +1296,17 @@ def test_spool_inside_a_default_atomic_is_refused() -> None:
 
 # -- a delta racing a whole snapshot or a compaction on the default database's row locks --
 
+
+@pytest.fixture
+def no_interval() -> Iterator[None]:
+    """The interval thread stopped: its backstop for dirty commit tables would join in."""
+    policies.stop_interval()
+    try:
+        yield
+    finally:
+        policies.process_started()
+
+
 STORAGE = PersistentStorage._meta.db_table
 COPIED = (
     "app_label, model_name, format, format_version, codecs, key_ids, row_count, size, "
@@ -1326,7 +1337,9 @@ def in_thread(name: str, out: dict[str, Any], work: Callable[[], Any]) -> thread
     return thread
 
 
-def test_a_delta_and_a_snapshot_racing_after_a_compaction_lose_no_acknowledged_write() -> None:
+def test_a_delta_and_a_snapshot_racing_after_a_compaction_lose_no_acknowledged_write(
+    no_interval: None,
+) -> None:
     """A compaction left a snapshot and a delta of the same generation 2. A delta
     writer (A) and a process storing the whole table on generation 2 (B) must lock the
     same row, so one of them is refused. (On SQLite the two are serialised by its
@@ -1390,7 +1403,7 @@ def test_a_delta_and_a_snapshot_racing_after_a_compaction_lose_no_acknowledged_w
     os.environ.get("MEMDB_TEST_DB", "sqlite") == "sqlite",
     reason="SQLite serialises writers: no row lock to race on",
 )
-def test_a_delta_whose_base_a_compaction_replaced_meanwhile_is_stored() -> None:
+def test_a_delta_whose_base_a_compaction_replaced_meanwhile_is_stored(no_interval: None) -> None:
     """A delta INSERT that waited on delta 2 while a compaction stored snapshot 2 and
     then dropped delta 2 finds no row to copy: it tries again on snapshot 2.
 
