@@ -8,6 +8,7 @@ import os
 import signal
 import threading
 import time
+from collections.abc import Callable
 from functools import cache
 from typing import TYPE_CHECKING, Any
 
@@ -45,10 +46,12 @@ def clear_cache(**kwargs: Any) -> None:
 setting_changed.connect(clear_cache)
 
 
-def spool_on_commit(wrapper: Any) -> None:
-    """Have the outermost ``atomic()`` of ``wrapper`` spool ``commit`` tables as it commits."""
-    if not any(func is spool_committed for _, func, _ in wrapper.run_on_commit):
-        wrapper.on_commit(spool_committed)
+def spool_on_commit(wrapper: Any, spool: Callable[[], None] | None = None) -> None:
+    """Have the outermost ``atomic()`` of ``wrapper`` run ``spool`` (``spool_committed``
+    unless given) as it commits, once however many writes asked for it."""
+    spool = spool or spool_committed
+    if not any(entry[1] is spool for entry in wrapper.run_on_commit):
+        wrapper.on_commit(spool)
 
 
 def spool_committed() -> None:
@@ -67,8 +70,7 @@ def spool_committed() -> None:
     storage = connections[storage_alias()]
     if in_transaction(storage):
         if storage.in_atomic_block:
-            if not any(entry[1] is spool_after_commit for entry in storage.run_on_commit):
-                storage.on_commit(spool_after_commit)
+            spool_on_commit(storage, spool_after_commit)
         # In a transaction managed by hand (set_autocommit(False)), the interval
         # spooler stores the table within INTERVAL seconds.
         return

@@ -564,20 +564,21 @@ def _write_delta_once(
     lock = (
         " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
     )
+    storage = qn(PersistentStorage._meta.db_table)
     sql = (
-        f"INSERT INTO {{storage}} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
+        f"INSERT INTO {storage} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
         f"SELECT {', '.join(f'%s::{_base_type(f, connection)}' if typed else '%s' for f in fields)}, "
-        "created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
-        "AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
-        "newer.model_name = %s AND newer.generation > %s) ORDER BY kind DESC LIMIT 1" + lock
+        f"created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
+        f"AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
+        f"newer.model_name = %s AND newer.generation > %s) ORDER BY kind DESC LIMIT 1{lock}"
     )
-    key = (values["app_label"], values["model_name"], expected or 0)
+    key: tuple[Any, ...] = (values["app_label"], values["model_name"], expected or 0)
     params = [
         f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
     ]
     for _attempt in range(READ_RETRIES):
         with connection.cursor() as cursor:
-            _execute(cursor, sql, [*params, *key, *key])
+            cursor.execute(sql, [*params, *key, *key])
             if cursor.rowcount == 1:
                 return generation, len(data), 0
         current = _latest(stored_rows(model))
@@ -604,12 +605,6 @@ def _base_type(field: Field, connection: Any) -> str:
     return re.sub(r"\(\d+\)", "", str(field.db_type(connection)))
 
 
-def _execute(cursor: Any, sql: str, params: Iterable[Any]) -> None:
-    """``sql`` with ``{storage}`` standing for the storage table's quoted name."""
-    qn = cursor.db.ops.quote_name
-    cursor.execute(sql.replace("{storage}", qn(PersistentStorage._meta.db_table)), list(params))
-
-
 def _storage_error(label: str, exc: BaseException) -> SpoolError:
     return SpoolError(
         f"{label} was not spooled: the default database refused it "
@@ -633,18 +628,10 @@ def _insert_with_chunks(
     generation: int,
     created_at: Any,
 ) -> tuple[int, int]:
-    """Insert one stored row and its chunks (inside the caller's transaction).
-
-    Chunks given as a list (a delta, encoded beforehand) are inserted with the row's
-    size and checksum known up front; an iterator (a snapshot, streamed) is consumed
-    one chunk at a time and the row updated at the end.
-    """
+    """Insert one stored row and its chunks (inside the caller's transaction), consuming
+    ``chunks`` one at a time; the row's size and checksum are set at the end."""
     label = model._meta.label
-    known = isinstance(chunks, list)
     digest = hashlib.sha256()
-    if known:
-        for data in chunks:
-            digest.update(data)
     header = PersistentStorage.objects.using(alias).create(
         app_label=model._meta.app_label,
         model_name=model_name_of(model),
@@ -654,20 +641,14 @@ def _insert_with_chunks(
         codecs=list(chain),
         key_ids=codecs.key_ids(chain, label=label),
         row_count=rows,
-        size=sum(map(len, chunks)) if known else 0,  # type: ignore[arg-type]
-        checksum=digest.hexdigest() if known else "",
-        chunk_count=len(chunks) if known else 0,  # type: ignore[arg-type]
+        size=0,
+        checksum="",
+        chunk_count=0,
         generation=generation,
         written_by=writer_id(),
         created_at=created_at,
         updated_at=timezone.now(),
     )
-    if known:
-        SnapshotChunk.objects.using(alias).bulk_create(
-            SnapshotChunk(snapshot=header, number=number, data=data)
-            for number, data in enumerate(chunks)
-        )
-        return header.size, header.chunk_count
     size, count = 0, 0
     for number, data in enumerate(chunks):
         SnapshotChunk.objects.using(alias).create(snapshot=header, number=number, data=data)

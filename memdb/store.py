@@ -393,12 +393,6 @@ def reset_tracking(conn: sqlite3.Connection, model: Any) -> None:
     )
 
 
-def read_rows(conn: sqlite3.Connection, table: str) -> int:
-    """The row count kept by the triggers (no table scan)."""
-    sql = f"SELECT rows FROM {quote(changes_table(table))}"
-    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0]))
-
-
 def read_seq(
     conn: sqlite3.Connection,
     table: str,
