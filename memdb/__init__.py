@@ -7,10 +7,19 @@ free of Django model imports, because settings modules import it.
 
 from __future__ import annotations
 
+import hashlib
+import os
+import tempfile
 from collections.abc import MutableMapping
 from typing import Any
 
-__all__ = ["configure", "memory_database_name", "PROCESS_ENCODE", "PROCESS_DECODE"]
+__all__ = [
+    "configure",
+    "memory_database_name",
+    "host_database_path",
+    "PROCESS_ENCODE",
+    "PROCESS_DECODE",
+]
 __version__ = "0.1.0"
 
 #: Values of the 0.0.6 ``MEMDB_PROCESS_ENCODE`` / ``MEMDB_PROCESS_DECODE`` settings.
@@ -30,11 +39,28 @@ def memory_database_name(alias: str) -> str:
     return f"file:memdb_{alias}?mode=memory&cache=shared"
 
 
+def host_database_path(settings: MutableMapping[str, Any], alias: str = "memdb") -> str:
+    """The file of the ``host`` store: ``MEMDB["HOST_PATH"]``, or one named after the
+    alias and the default database (so two projects on one host never share one) in
+    ``/dev/shm``, a RAM-backed file system (the temporary directory where there is none).
+    """
+    path = dict(settings.get("MEMDB", {})).get("HOST_PATH")
+    if path:
+        return str(path)
+    default = dict(settings.get("DATABASES", {}).get("default", {}))
+    identity = repr([default.get(k) for k in ("ENGINE", "NAME", "HOST", "PORT")])
+    digest = hashlib.sha256(identity.encode()).hexdigest()[:12]
+    directory = "/dev/shm" if os.path.isdir("/dev/shm") else tempfile.gettempdir()
+    return os.path.join(directory, f"django-memdb-{alias}-{digest}.sqlite3")
+
+
 def configure(settings: MutableMapping[str, Any], *, alias: str = "memdb") -> None:
     """Add the memdb app, the memory database alias and the router to ``settings``.
 
     Call it as ``memdb.configure(globals())`` at the end of a settings module. It only
     adds what is missing, so an explicit ``DATABASES[alias]`` entry or router order wins.
+    The alias is the store ``MEMDB["STORE"]`` names: a memory database of each process
+    (``process``, the default) or a file shared by the host's workers (``host``).
     """
     apps = list(settings.get("INSTALLED_APPS", []))
     if "memdb" not in apps and "memdb.apps.MemDBConfig" not in apps:
@@ -42,16 +68,15 @@ def configure(settings: MutableMapping[str, Any], *, alias: str = "memdb") -> No
     settings["INSTALLED_APPS"] = apps
 
     databases = settings.setdefault("DATABASES", {})
-    databases.setdefault(
-        alias,
-        {
-            "ENGINE": ENGINE,
-            "NAME": memory_database_name(alias),
-            # The memory schema is built from the models at first use, not by
-            # migrations; the test runner must not replay them either.
-            "TEST": {"MIGRATE": False},
-        },
-    )
+    # The memory schema is built from the models at first use, not by migrations; the
+    # test runner must not replay them either.
+    if dict(settings.get("MEMDB", {})).get("STORE", "process") == "host":
+        path = host_database_path(settings, alias)
+        stem, suffix = os.path.splitext(path)
+        entry = {"NAME": path, "TEST": {"MIGRATE": False, "NAME": f"{stem}-test{suffix}"}}
+    else:
+        entry = {"NAME": memory_database_name(alias), "TEST": {"MIGRATE": False}}
+    databases.setdefault(alias, {"ENGINE": ENGINE, **entry})
 
     routers = list(settings.get("DATABASE_ROUTERS", []))
     if ROUTER not in routers:

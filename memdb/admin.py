@@ -264,6 +264,7 @@ class MemoryTableAdmin(admin.ModelAdmin):
             "rows": rows,
             "can_change": self.has_change_permission(request),
             "any_persistent": any(i.persistent for i in infos),
+            "store": infos[0].store if infos else None,
             **(extra_context or {}),
         }
         return TemplateResponse(request, "admin/memdb/memorytable/memory_tables.html", context)

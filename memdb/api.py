@@ -65,13 +65,17 @@ class TableInfo:
     #: The latest stored generation: the snapshot's or its last journal delta's.
     generation: int | None
     codecs: tuple[str, ...]
-    #: "ok" (restored in this process), "failed", or "none" (nothing restored).
+    #: "ok" (restored in this store), "failed", or "none" (nothing restored).
     restore_state: str
     restore_error: str | None
-    #: Where the table lives: "process" (a memory database private to this process).
+    #: Where the table lives: "process" (a memory database private to this process) or
+    #: "host" (a file shared by the host's workers).
     store: str
-    #: Set when this process looks like one of several workers: each has its own copy.
+    #: Set when this process looks like one of several workers of a "process" store:
+    #: each has its own copy.
     warning: str | None
+    #: Who led the table's last spool in this store (``host:pid``); None before one.
+    leader: str | None = None
 
 
 def storage_view(view: Callable[..., Any]) -> Callable[..., Any]:
@@ -159,13 +163,13 @@ def discard(*labels: str) -> int:
             app_label, model_name = orphaned[label.lower()].split(".", 1)
             deleted += _delete_snapshots(app_label=app_label, model_name=model_name)
     for model in models:
-        table_state = state.table(label_of(model))
-        with table_state.lock:
+        with store.claim(state, label_of(model)) as table_state:
             deleted += _delete_snapshots(
                 app_label=model._meta.app_label, model_name=model_name_of(model)
             )
             table_state.restore_error = None
             table_state.generation = 0
+            table_state.pending = False
     return deleted
 
 
@@ -236,14 +240,15 @@ def tables(*labels: str) -> list[TableInfo]:
     with store.raw_connection(state.name) as conn:
         seqs = {m._meta.db_table: store.read_seq(conn, m._meta.db_table) for m in models}
         counts = {m._meta.db_table: store.count_rows(conn, m._meta.db_table) for m in models}
+    table_states = state.table_states()
     from .deployment import process_store_warning
 
-    warning = process_store_warning()
+    warning = process_store_warning() if state.kind == "process" else None
     infos = []
     for model in models:
         persistent = is_persistent(model)
         snap = snapshots.get((model._meta.app_label, model_name_of(model)))
-        table_state = state.tables.get(label_of(model))
+        table_state = table_states.get(label_of(model))
         restore_error = table_state.restore_error if table_state else None
         if restore_error:
             restore_state = "failed"
@@ -260,7 +265,8 @@ def tables(*labels: str) -> list[TableInfo]:
                 persistent=persistent,
                 policy=policy_of(model) if persistent else None,
                 rows=counts[model._meta.db_table],
-                dirty=persistent and store.is_dirty(state, model, seqs[model._meta.db_table]),
+                dirty=persistent
+                and seqs[model._meta.db_table] != (table_state.spooled_seq if table_state else 0),
                 last_spooled=snap["updated_at"] if snap else None,
                 snapshot_bytes=snap["size"] if snap else None,
                 snapshot_rows=snap["row_count"] if snap else None,
@@ -268,8 +274,9 @@ def tables(*labels: str) -> list[TableInfo]:
                 codecs=tuple(snap["codecs"] or ()) if snap else (),
                 restore_state=restore_state,
                 restore_error=restore_error,
-                store=store.STORE,
+                store=state.kind,
                 warning=warning,
+                leader=table_state.leader if persistent and table_state else None,
             )
         )
     return infos

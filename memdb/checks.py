@@ -2,13 +2,14 @@
 
 from __future__ import annotations
 
+import os
 from typing import Any
 
 from django.conf import settings
 from django.core import checks
 
 from . import ENGINE, ROUTER
-from .conf import DEFAULTS, POLICIES, memdb_settings
+from .conf import DEFAULTS, POLICIES, STORES, memdb_settings
 
 E001 = "memdb.E001"  # memory alias missing from DATABASES
 E002 = "memdb.E002"  # router missing from DATABASE_ROUTERS
@@ -22,8 +23,10 @@ E009 = "memdb.E009"  # the fernet codec is used but MEMDB["FERNET_KEYS"] is empt
 E010 = "memdb.E010"  # MEMDB["FERNET_KEYS"] holds an invalid key
 E011 = "memdb.E011"  # the fernet codec is used but cryptography is not installed
 E012 = "memdb.E012"  # MEMDB["CHUNK_SIZE"] is not a positive whole number of bytes
+E013 = "memdb.E013"  # MEMDB["STORE"] is not a store
 W001 = "memdb.W001"  # unknown key in MEMDB
 W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
+W003 = "memdb.W003"  # the host store's file is not on a RAM-backed file system
 
 
 @checks.register("memdb")
@@ -52,13 +55,16 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 )
             )
         name = str(database.get("NAME") or "")
-        if not (name.startswith("file:") and "mode=memory" in name and "cache=shared" in name):
+        if memdb_settings.STORE == "host":
+            errors.extend(_check_host_name(alias, name))
+        elif not (name.startswith("file:") and "mode=memory" in name and "cache=shared" in name):
             errors.append(
                 checks.Error(
                     f"DATABASES[{alias!r}]['NAME'] is {name!r}, not a named shared-cache "
                     "memory database: each connection would get its own empty database.",
                     hint=f"Use memdb.memory_database_name({alias!r}), i.e. "
-                    f"'file:memdb_{alias}?mode=memory&cache=shared'.",
+                    f"'file:memdb_{alias}?mode=memory&cache=shared', or set "
+                    f"MEMDB['STORE'] = 'host' for a database file shared by the host's workers.",
                     id=E004,
                 )
             )
@@ -79,6 +85,14 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 "in the default database.",
                 hint=f"Add {ROUTER!r} to the start of DATABASE_ROUTERS.",
                 id=E002,
+            )
+        )
+    if memdb_settings.STORE not in STORES:
+        errors.append(
+            checks.Error(
+                f"MEMDB['STORE'] is {memdb_settings.STORE!r}, not one of {', '.join(STORES)}.",
+                hint="Set MEMDB['STORE'] to 'process' (the default) or 'host'.",
+                id=E013,
             )
         )
     policy = memdb_settings.POLICY
@@ -243,3 +257,46 @@ def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]
                 )
             )
     return errors
+
+
+def _check_host_name(alias: str, name: str) -> list[checks.CheckMessage]:
+    """The ``host`` store's NAME must be a file, ideally on a RAM-backed file system."""
+    from .store import host_path
+
+    if not name or "mode=memory" in name or name == ":memory:":
+        return [
+            checks.Error(
+                f"MEMDB['STORE'] is 'host' but DATABASES[{alias!r}]['NAME'] is {name!r}, "
+                "not a database file: the host's workers would not share it.",
+                hint=f"Let memdb.configure() set it (MEMDB['HOST_PATH'] names the file), or set "
+                f"DATABASES[{alias!r}]['NAME'] to a path such as '/dev/shm/{alias}.sqlite3'.",
+                id=E004,
+            )
+        ]
+    path = host_path(name)
+    fs = _filesystem_of(os.path.dirname(os.path.abspath(path)))
+    if fs is not None and fs not in ("tmpfs", "ramfs"):
+        return [
+            checks.Warning(
+                f"The host store's file {path!r} is on a {fs} file system, not in memory: "
+                "its writes go to disk.",
+                hint="Put it on a RAM-backed file system such as /dev/shm (MEMDB['HOST_PATH']).",
+                id=W003,
+            )
+        ]
+    return []
+
+
+def _filesystem_of(directory: str) -> str | None:
+    """The type of the file system ``directory`` is on (Linux), or None if unknown."""
+    try:
+        with open("/proc/self/mounts") as f:
+            mounts = [line.split()[1:3] for line in f if len(line.split()) > 2]
+    except OSError:
+        return None
+    best: tuple[str, str] | None = None
+    for point, fs in mounts:
+        inside = directory == point or directory.startswith(point.rstrip("/") + "/")
+        if inside and (best is None or len(point) > len(best[0])):
+            best = (point, fs)
+    return best[1] if best else None

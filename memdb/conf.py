@@ -12,11 +12,23 @@ from django.dispatch import receiver
 from .codecs import as_chain
 
 POLICIES = ("commit", "interval", "manual")
+STORES = ("process", "host")
 
 #: Every key of ``settings.MEMDB`` with its default.
 DEFAULTS: dict[str, Any] = {
     # Database alias of the in-memory store (``memdb.configure`` adds it to DATABASES).
     "ALIAS": "memdb",
+    # Where the memory tables live (``memdb.configure`` builds the alias from it):
+    # "process", a SQLite memory database private to each process, or "host", a SQLite
+    # database file on a RAM-backed file system shared by every worker of the host.
+    "STORE": "process",
+    # The "host" store's database file (None: django-memdb-<alias>-<hash of the default
+    # database>.sqlite3 in /dev/shm, or the temporary directory where there is none).
+    "HOST_PATH": None,
+    # Keep a "host" store's file made in an earlier boot of the host as it is (a
+    # HOST_PATH on disk survives a reboot), instead of emptying it and restoring it
+    # from storage.
+    "HOST_KEEP_ON_REBOOT": False,
     # When persistent tables are spooled: "commit" (before each committed write
     # returns), "interval" (a background thread every INTERVAL seconds) or "manual"
     # (admin, API, command, and at clean shutdown). A model's ``memdb_policy`` overrides.
@@ -58,6 +70,9 @@ DEFAULTS: dict[str, Any] = {
 @dataclass(frozen=True)
 class MemDBSettings:
     ALIAS: str
+    STORE: str
+    HOST_PATH: str | None
+    HOST_KEEP_ON_REBOOT: bool
     POLICY: str
     INTERVAL: float
     RESTORE_ON_START: bool
@@ -84,6 +99,9 @@ def _load() -> MemDBSettings:
     unknown = tuple(sorted(k for k in user if k not in DEFAULTS))
     return MemDBSettings(
         ALIAS=values["ALIAS"],
+        STORE=values["STORE"],
+        HOST_PATH=None if values["HOST_PATH"] is None else str(values["HOST_PATH"]),
+        HOST_KEEP_ON_REBOOT=bool(values["HOST_KEEP_ON_REBOOT"]),
         POLICY=values["POLICY"],
         INTERVAL=values["INTERVAL"],
         RESTORE_ON_START=bool(values["RESTORE_ON_START"]),

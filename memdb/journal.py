@@ -46,6 +46,10 @@ JOURNAL_RATIO = 0.5
 JOURNAL_MAX = 10_000
 
 
+#: Seconds a spool waits to drop the journal keys it stored (``forget``).
+FORGET_TIMEOUT = 0.5
+
+
 @dataclass(frozen=True)
 class Delta:
     seq: int
@@ -112,12 +116,33 @@ def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> 
         return store.run_locked_transaction(conn, read, immediate=False, gate=gate)
 
 
-def forget(conn: sqlite3.Connection, model: ModelType, seq: int) -> None:
-    """Drop the journal's keys stored by a spool read at counter ``seq``."""
+def forget(conn: sqlite3.Connection, model: ModelType, seq: int, gate: store.Gate) -> None:
+    """Drop the journal's keys stored by a spool read at counter ``seq``.
+
+    The spool has stored its rows by then, so a failure here (a transaction held the
+    journal for ``FORGET_TIMEOUT``: in a ``host`` store any write transaction does, as
+    SQLite has one writer per database file) is logged, not raised: the keys stay in
+    the journal and the next delta stores their rows again, which replays to the same
+    table. ``gate`` holds this process's writers back meanwhile, so back-to-back
+    transactions cannot starve the delete.
+    """
     if not store.journal_column(model):
         return
     j = store.quote(store.journal_table(model._meta.db_table))
-    store.retry_locked(lambda: conn.execute(f"DELETE FROM {j} WHERE seq <= ?", (seq,)))
+    try:
+        with gate.closed():
+            store.retry_locked(
+                lambda: conn.execute(f"DELETE FROM {j} WHERE seq <= ?", (seq,)),
+                FORGET_TIMEOUT,
+                gate=gate,
+            )
+    except sqlite3.Error as exc:
+        store.logger.warning(
+            "memdb: %s: its journal keeps the keys just stored (%s); the next delta "
+            "stores those rows again",
+            model._meta.label,
+            exc,
+        )
 
 
 def apply_delta(

@@ -80,11 +80,7 @@ def spool_committed() -> None:
         flush(policy="commit", raise_errors=True)
         return
     spool_each(
-        [
-            model
-            for model in models_with_policy("commit")
-            if store.is_dirty(state, model, store.read_seq(raw, model._meta.db_table))
-        ],
+        [m for m in models_with_policy("commit") if store.is_dirty(state, raw, m)],
         raise_errors=True,
     )
 

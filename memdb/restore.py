@@ -99,35 +99,36 @@ def restore_models(
     errors: dict[str, RestoreError] = {}
     done: list[_Job] = []
     with ExitStack() as stack:
-        for model in models:
-            stack.enter_context(state.table(model._meta.label).lock)
+        conn = stack.enter_context(store.raw_connection(state.name))
+        claimed = {
+            model._meta.label: stack.enter_context(store.claim(state, model._meta.label))
+            for model in models
+        }
         jobs: list[_Job] = []
         for model in models:
             try:
                 jobs.append(_prepare(model, stack))
             except RestoreError as exc:
-                _failed(state, model, exc, errors)
-        if jobs:
-            with store.raw_connection(state.name) as conn:
-                limit = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
-                for batch in _batches(jobs, limit):
-                    try:
-                        _load(conn, batch, state.gate)
-                        done.extend(batch)
-                        continue
-                    except RestoreError as exc:
-                        if len(batch) == 1:
-                            _failed(state, batch[0].model, exc, errors)
-                            continue
-                    for job in batch:
-                        try:
-                            _load(conn, [job], state.gate)
-                            done.append(job)
-                        except RestoreError as exc:
-                            _failed(state, job.model, exc, errors)
+                _failed(claimed, model, exc, errors)
+        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+        for batch in _batches(jobs, limit):
+            try:
+                _load(conn, batch, state.gate)
+                done.extend(batch)
+                continue
+            except RestoreError as exc:
+                if len(batch) == 1:
+                    _failed(claimed, batch[0].model, exc, errors)
+                    continue
+            for job in batch:
+                try:
+                    _load(conn, [job], state.gate)
+                    done.append(job)
+                except RestoreError as exc:
+                    _failed(claimed, job.model, exc, errors)
         results = []
         for job in done:
-            table_state = state.table(job.model._meta.label)
+            table_state = claimed[job.model._meta.label]
             table_state.generation = job.generation
             table_state.base = (
                 job.snapshot.format,
@@ -139,6 +140,7 @@ def restore_models(
             table_state.journal_bytes = job.journal_bytes
             table_state.restore_error = None
             table_state.restored = True
+            table_state.pending = False
             table_state.spooled_seq = job.seq
             results.append(
                 RestoreResult(
@@ -159,9 +161,12 @@ def _batches(jobs: list[_Job], limit: int) -> list[list[_Job]]:
 
 
 def _failed(
-    state: store.StoreState, model: ModelType, exc: RestoreError, errors: dict[str, RestoreError]
+    claimed: dict[str, store.TableState],
+    model: ModelType,
+    exc: RestoreError,
+    errors: dict[str, RestoreError],
 ) -> None:
-    state.table(model._meta.label).restore_error = str(exc)
+    claimed[model._meta.label].restore_error = str(exc)
     store.logger.error("memdb: restore failed: %s", exc)
     errors[model._meta.label] = exc
 
@@ -553,11 +558,12 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
     return columns, values, params
 
 
-def restore_at_start(state: store.StoreState) -> None:
-    """Restore every stored snapshot; failures are logged and do not stop the others.
+def restore_at_start(state: store.StoreState, labels: Iterable[str] | None = None) -> None:
+    """Restore every stored snapshot (or those of ``labels``); failures are logged and do
+    not stop the others.
 
     A snapshot no persistent model claims (its app was removed) is left alone and
-    named in a warning, once per process.
+    named in a warning, once per store.
     """
     try:
         models = persistent_models()
@@ -577,9 +583,12 @@ def restore_at_start(state: store.StoreState) -> None:
             label,
             label,
         )
+    if labels is not None:
+        models = [m for m in models if m._meta.label in set(labels)]
     for model in models:
         if model._meta.label not in stored:
-            state.table(model._meta.label).generation = 0
+            with store.claim(state, model._meta.label) as table_state:
+                table_state.generation = 0
     restore_models([m for m in models if m._meta.label in stored], state=state)
 
 

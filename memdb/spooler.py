@@ -224,8 +224,12 @@ def encoded_chunks(stream: IO[bytes], chain: tuple[str, ...], label: str) -> Ite
         yield codecs.encode(chain, piece, label=label)
 
 
-def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
-    """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``."""
+def spool_model(model: ModelType, *, force: bool = False, wait: bool = True) -> SpoolResult:
+    """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``.
+
+    The spool leads the table in its store (``store.claim``): with ``wait=False`` it
+    raises ``store.Busy`` at once when another process of a shared store leads it.
+    """
     label = model._meta.label
     refuse_inside_transaction("spool", label, SpoolError)
     if in_transaction(connections[storage_alias()]):
@@ -237,89 +241,162 @@ def spool_model(model: ModelType, *, force: bool = False) -> SpoolResult:
         )
     store.ensure_ready()
     state = store.current_state()
-    table_state = state.table(label)
-    with table_state.lock:
+    with contextlib.ExitStack() as stack:
+        conn = stack.enter_context(store.raw_connection(state.name))
+        table_state = stack.enter_context(store.claim(state, label, wait=wait))
         if table_state.restore_error and not force:
             raise ProtectedTableError(
                 f"{label} is not spooled: its stored snapshot failed to restore "
                 f"({table_state.restore_error}); restore it or discard it first, or spool "
                 f"with force to overwrite it"
             )
-        started = time.perf_counter()
-        chain = codecs.chain_for(model)
-        kind = PersistentStorage.KIND_SNAPSHOT
-        try:
-            with contextlib.ExitStack() as stack:
-                conn = stack.enter_context(store.raw_connection(state.name))
-                if not force:
-                    unchanged = _unchanged(model, state, chain, conn)
-                    if unchanged is not None:
-                        return unchanged
-                signals.pre_spool.send(sender=model, label=label)
-                stream: IO[bytes]
-                delta = None
-                if not force and _delta_fits(model, table_state, chain):
-                    delta = journal.read_delta(conn, model, state.gate)
-                if delta is not None:
-                    seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
-                    generation, size, chunks = write_delta(
-                        model,
-                        payload=delta.payload,
-                        rows=rows,
-                        chain=chain,
-                        expected=table_state.generation,
-                    )
-                    table_state.journal_bytes += size
-                    table_state.journal_count += 1
-                else:
-                    if compat.hooks_connected():
-                        seq, rows, payload, processors = compat.encode(model, conn)
-                        stream, fmt = io.BytesIO(payload), compat.FORMAT
-                    else:
-                        path = stack.enter_context(scratch_file("spool"))
-                        seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
-                        stream = stack.enter_context(open(path, "rb"))
-                        processors, fmt = [], SNAPSHOT_FORMAT
-                    generation, size, chunks = write_snapshot(
-                        model,
-                        chunks=encoded_chunks(stream, chain, label),
-                        rows=rows,
-                        chain=(*processors, *chain),
-                        fmt=fmt,
-                        expected=table_state.generation,
-                        force=force,
-                    )
-                    table_state.base = (
-                        fmt,
-                        (*processors, *chain),
-                        tuple(codecs.key_ids(chain, label=label)),
-                    )
-                    table_state.base_bytes, table_state.journal_bytes = size, 0
-                    table_state.journal_count = 0
-                table_state.generation = generation
-                table_state.restore_error = None
-                table_state.spooled_seq = seq
-                journal.forget(conn, model, seq)
-        except MemdbError:
-            raise
-        except Exception as exc:
-            raise SpoolError(f"{label} was not spooled: {store.describe(exc)}") from exc
-        result = SpoolResult(
-            label=label,
-            rows=rows,
-            bytes=size,
-            milliseconds=round((time.perf_counter() - started) * 1000, 3),
-            generation=generation,
-            chunks=chunks,
-            kind=kind,
-        )
-        if kind == PersistentStorage.KIND_DELTA and (
-            table_state.journal_bytes > journal.JOURNAL_RATIO * table_state.base_bytes
-            or table_state.journal_count >= journal.JOURNAL_MAX
-        ):
-            journal.request_compaction(model)
-    signals.post_spool.send(sender=model, label=label, result=result)
+        result = _spool_claimed(model, state, table_state, conn, stack, force=force)
+    if not result.unchanged:
+        signals.post_spool.send(sender=model, label=label, result=result)
     return result
+
+
+def _spool_claimed(
+    model: ModelType,
+    state: store.StoreState,
+    table_state: store.TableState,
+    conn: sqlite3.Connection,
+    stack: contextlib.ExitStack,
+    *,
+    force: bool,
+) -> SpoolResult:
+    """The spool itself, while this process leads the table (``spool_model``)."""
+    label = model._meta.label
+    started = time.perf_counter()
+    chain = codecs.chain_for(model)
+    kind = PersistentStorage.KIND_SNAPSHOT
+    try:
+        _settle_pending(model, table_state)
+        if not force:
+            unchanged = _unchanged(model, table_state, chain, conn)
+            if unchanged is not None:
+                return unchanged
+        signals.pre_spool.send(sender=model, label=label)
+        stream: IO[bytes]
+        delta = None
+        if not force and _delta_fits(model, table_state, chain):
+            delta = journal.read_delta(conn, model, state.gate)
+        if delta is not None:
+            seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
+            _lead(state, label, table_state)
+            generation, size, chunks = write_delta(
+                model,
+                payload=delta.payload,
+                rows=rows,
+                chain=chain,
+                expected=table_state.generation,
+            )
+            table_state.journal_bytes += size
+            table_state.journal_count += 1
+        else:
+            if compat.hooks_connected():
+                seq, rows, payload, processors = compat.encode(model, conn)
+                stream, fmt = io.BytesIO(payload), compat.FORMAT
+            else:
+                path = stack.enter_context(scratch_file("spool"))
+                seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
+                stream = stack.enter_context(open(path, "rb"))
+                processors, fmt = [], SNAPSHOT_FORMAT
+            _lead(state, label, table_state)
+            generation, size, chunks = write_snapshot(
+                model,
+                chunks=encoded_chunks(stream, chain, label),
+                rows=rows,
+                chain=(*processors, *chain),
+                fmt=fmt,
+                expected=table_state.generation,
+                force=force,
+            )
+            table_state.base = (
+                fmt,
+                (*processors, *chain),
+                tuple(codecs.key_ids(chain, label=label)),
+            )
+            table_state.base_bytes, table_state.journal_bytes = size, 0
+            table_state.journal_count = 0
+        table_state.generation = generation
+        table_state.pending = False
+        table_state.restore_error = None
+        table_state.spooled_seq = seq
+        journal.forget(conn, model, seq, state.gate)
+    except MemdbError:
+        raise
+    except Exception as exc:
+        raise SpoolError(f"{label} was not spooled: {store.describe(exc)}") from exc
+    if kind == PersistentStorage.KIND_DELTA and (
+        table_state.journal_bytes > journal.JOURNAL_RATIO * table_state.base_bytes
+        or table_state.journal_count >= journal.JOURNAL_MAX
+    ):
+        journal.request_compaction(model)
+    return SpoolResult(
+        label=label,
+        rows=rows,
+        bytes=size,
+        milliseconds=round((time.perf_counter() - started) * 1000, 3),
+        generation=generation,
+        chunks=chunks,
+        kind=kind,
+    )
+
+
+def _lead(state: store.StoreState, label: str, table_state: store.TableState) -> None:
+    """Record that this process is about to store the table's next generation.
+
+    In a shared store the record is written first: if this process dies before it
+    records how the write ended, the next leader finds it (``_settle_pending``).
+    """
+    table_state.pending = True
+    table_state.leader = writer_id()
+    table_state.led_at = time.time()
+    if state.shared:
+        store.save_table(state, label, table_state)
+
+
+def _settle_pending(model: ModelType, table_state: store.TableState) -> None:
+    """Take over from a leader that died (or failed) while storing the table.
+
+    If its write landed, storage holds a later generation written by it: this store's
+    tables hold at least what it stored (they are the ones it read), so the generation
+    is taken as this store's own. Its journal keys were not forgotten, so the next
+    delta stores those rows again; the table stays dirty and is spooled again.
+    """
+    if not table_state.pending:
+        return
+    latest = (
+        stored_rows(model)
+        .order_by("-generation", "-kind")
+        .values("generation", "kind", "written_by", "format", "codecs", "key_ids", "size")
+        .first()
+    )
+    if (
+        latest is not None
+        and latest["written_by"] == table_state.leader
+        and latest["generation"] > (table_state.generation or 0)
+    ):
+        store.logger.warning(
+            "memdb: %s: %s stored generation %s and stopped before recording it; taken over",
+            model._meta.label,
+            table_state.leader,
+            latest["generation"],
+        )
+        table_state.generation = latest["generation"]
+        if latest["kind"] == PersistentStorage.KIND_SNAPSHOT:
+            table_state.base = (
+                latest["format"],
+                tuple(latest["codecs"] or ()),
+                tuple(latest["key_ids"] or ()),
+            )
+            table_state.base_bytes, table_state.journal_bytes = latest["size"], 0
+            table_state.journal_count = 0
+        else:
+            table_state.journal_bytes += latest["size"]
+            table_state.journal_count += 1
+    table_state.pending = False
 
 
 def _delta_fits(model: ModelType, table_state: store.TableState, chain: tuple[str, ...]) -> bool:
@@ -347,7 +424,10 @@ def _delta_fits(model: ModelType, table_state: store.TableState, chain: tuple[st
 
 
 def _unchanged(
-    model: ModelType, state: store.StoreState, chain: tuple[str, ...], conn: sqlite3.Connection
+    model: ModelType,
+    table_state: store.TableState,
+    chain: tuple[str, ...],
+    conn: sqlite3.Connection,
 ) -> SpoolResult | None:
     """The stored figures if storage already holds this table as it is now.
 
@@ -355,10 +435,9 @@ def _unchanged(
     generation under the feet of another process that shares the storage (a management
     command run beside a server restores the snapshot, then would write it back).
     """
-    table_state = state.table(model._meta.label)
     if not table_state.generation:
         return None
-    if store.is_dirty(state, model, store.read_seq(conn, model._meta.db_table)):
+    if store.read_seq(conn, model._meta.db_table) != table_state.spooled_seq:
         return None
     latest = stored_rows(model).order_by("-generation").values("generation", "row_count").first()
     stored = (
@@ -745,8 +824,7 @@ def compact_stored(model: ModelType) -> int | None:
             if newest != last:
                 return None
     state = store.current_state()
-    table_state = state.table(label)
-    with table_state.lock:
+    with store.claim(state, label) as table_state:
         if table_state.base is not None:
             remaining = stored_rows(model).filter(
                 kind=PersistentStorage.KIND_DELTA, generation__gt=last
@@ -835,7 +913,8 @@ def flush(
     been writing for ``Gate.HOLD`` seconds for the next call instead of waiting for it
     (short transactions, however many back to back, are waited for), once: a table
     skipped by the last call is waited for, so a busy table is spooled at least every
-    other call (a skip each time lost many intervals of writes). A memory database
+    other call (a skip each time lost many intervals of writes); it also leaves a table
+    another process of a shared store is spooling to that process. A memory database
     this process has not opened has nothing to flush, and is not opened (so not built
     and restored) just to find that out.
     """
@@ -848,13 +927,14 @@ def flush(
     dirty = []
     with store.raw_connection(state.name) as conn:
         for model in models:
-            table_state = state.table(model._meta.label)
-            skip = skip_busy and not table_state.skipped
+            label = model._meta.label
+            skip = skip_busy and label not in state.skipped
             try:
                 with state.gate.closed():
-                    seq = store.read_seq(
+                    changed = store.is_dirty(
+                        state,
                         conn,
-                        model._meta.db_table,
+                        model,
                         timeout=store.Gate.HOLD if skip else None,
                         gate=state.gate,
                     )
@@ -862,31 +942,35 @@ def flush(
                 if not (skip_busy and store.is_lock_error(exc)):
                     raise
                 if skip:
-                    store.logger.info(
-                        "memdb: %s is busy; spooled at the next tick", model._meta.label
-                    )
+                    store.logger.info("memdb: %s is busy; spooled at the next tick", label)
+                    state.skipped.add(label)
                 else:  # waited LOCK_TIMEOUT: skipped again next time, then waited for
                     store.logger.warning(
                         "memdb: %s was not spooled: a transaction has held it for more "
                         "than LOCK_TIMEOUT (%s s)",
-                        model._meta.label,
+                        label,
                         memdb_settings.LOCK_TIMEOUT,
                     )
-                table_state.skipped = skip
+                    state.skipped.discard(label)
                 continue
-            table_state.skipped = False
-            if store.is_dirty(state, model, seq):
+            state.skipped.discard(label)
+            if changed:
                 dirty.append(model)
-    return spool_each(dirty, raise_errors=raise_errors)
+    return spool_each(dirty, raise_errors=raise_errors, wait=not skip_busy)
 
 
-def spool_each(models: Iterable[ModelType], *, raise_errors: bool) -> list[SpoolResult]:
-    """Spool ``models`` one by one; errors as ``flush`` says."""
+def spool_each(
+    models: Iterable[ModelType], *, raise_errors: bool, wait: bool = True
+) -> list[SpoolResult]:
+    """Spool ``models`` one by one; errors as ``flush`` says. With ``wait=False`` a table
+    another process of a shared store is spooling is left to it (``store.Busy``)."""
     results: list[SpoolResult] = []
     first_error: MemdbError | None = None
     for model in models:
         try:
-            results.append(spool_model(model))
+            results.append(spool_model(model, wait=wait))
+        except store.Busy:
+            store.logger.debug("memdb: %s is spooled by another process", model._meta.label)
         except MemdbError as exc:
             store.logger.error("memdb: %s", exc)
             first_error = first_error or exc

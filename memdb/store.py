@@ -17,14 +17,18 @@ blocking the dirty checks (and spools) of the others.
 
 from __future__ import annotations
 
+import contextlib
+import fcntl
+import json
 import logging
+import os
 import random
 import sqlite3
 import threading
 import time
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
 from .conf import memdb_settings
@@ -127,16 +131,21 @@ def quote(name: str) -> str:
 
 @dataclass
 class TableState:
-    """What this process knows of one persistent table's snapshot."""
+    """What a store knows of one persistent table's snapshot.
 
-    #: Generation of the snapshot this process restored or last wrote; None: never looked.
+    A ``process`` store keeps it in this process (``StoreState.tables``), as it keeps
+    the table. A ``host`` store keeps it in its own file (``memdb_state``), beside the
+    table, for every worker: ``claim()`` reads it under the table's spool lock and
+    writes it back.
+    """
+
+    #: Generation of the snapshot this store restored or last wrote; None: never looked.
     generation: int | None = None
     #: Why the last restore failed; the table is protected from spools while set.
     restore_error: str | None = None
     restored: bool = False
     #: The table's change counter when its last snapshot (spooled or restored) was read.
     spooled_seq: int = 0
-    lock: threading.Lock = field(default_factory=threading.Lock)
     #: Format, codec chain and key ids of the stored snapshot deltas build on (None:
     #: unknown here, so the next spool writes a whole snapshot).
     base: tuple[str, tuple[str, ...], tuple[str, ...]] | None = None
@@ -144,27 +153,229 @@ class TableState:
     base_bytes: int = 0
     journal_bytes: int = 0
     journal_count: int = 0
-    #: The interval spooler left the table for its next tick because it was busy; it
-    #: waits for it then (see ``memdb.spooler.flush``).
-    skipped: bool = False
+    #: ``leader`` was storing the generation after ``generation`` and has not said how
+    #: that ended (it was killed, or its storage write failed): the next claim looks.
+    pending: bool = False
+    #: Who led the table's last spool (``host:pid``) and when (seconds since the epoch).
+    leader: str | None = None
+    led_at: float | None = None
+
+    def dump(self) -> str:
+        return json.dumps(
+            {f.name: getattr(self, f.name) for f in fields(self) if f.name != "spooled_seq"}
+        )
+
+    @classmethod
+    def load(cls, spooled_seq: int, data: str) -> TableState:
+        values = json.loads(data)
+        known = {f.name for f in fields(cls)}
+        state = cls(spooled_seq=spooled_seq, **{k: v for k, v in values.items() if k in known})
+        if state.base is not None:
+            fmt, chain, keys = state.base
+            state.base = (fmt, tuple(chain), tuple(keys))
+        return state
+
+
+STATE_TABLE = "memdb_state"
+META_TABLE = "memdb_meta"
+_state_conns = threading.local()
+
+
+def state_connection(state: StoreState) -> sqlite3.Connection:
+    """This thread's connection to a ``host`` store's state database.
+
+    The state lives in a database of its own beside the store's file, so recording a
+    spool never waits for the writers of the tables (SQLite has one writer at a time
+    per database), and a spool's reads of the tables never wait either (WAL).
+    """
+    conns: dict[str, sqlite3.Connection] = _state_conns.__dict__.setdefault("conns", {})
+    conn = conns.get(state.name)
+    if conn is None:
+        path = os.path.join(aux_dir(state.name), "state.sqlite3")
+        os.makedirs(os.path.dirname(path), exist_ok=True)
+        conn = sqlite3.connect(
+            path,
+            isolation_level=None,
+            check_same_thread=False,
+            timeout=float(memdb_settings.LOCK_TIMEOUT),
+        )
+        conn.execute("PRAGMA journal_mode = WAL")
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, "
+            f"value TEXT NOT NULL) WITHOUT ROWID"
+        )
+        conn.execute(
+            f"CREATE TABLE IF NOT EXISTS {STATE_TABLE} (label TEXT PRIMARY KEY, "
+            f"spooled_seq INTEGER NOT NULL DEFAULT 0, data TEXT NOT NULL DEFAULT '{{}}') "
+            f"WITHOUT ROWID"
+        )
+        conns[state.name] = conn
+    return conn
+
+
+def load_table(state: StoreState, label: str) -> TableState:
+    """The recorded ``TableState`` of ``label`` in a ``host`` store (fresh if none)."""
+    sql = f"SELECT spooled_seq, data FROM {STATE_TABLE} WHERE label = ?"
+    row = state_connection(state).execute(sql, (label,)).fetchone()
+    return TableState() if row is None else TableState.load(*row)
+
+
+def save_table(state: StoreState, label: str, table: TableState) -> None:
+    state_connection(state).execute(
+        f"INSERT INTO {STATE_TABLE} (label, spooled_seq, data) VALUES (?, ?, ?) "
+        f"ON CONFLICT (label) DO UPDATE SET spooled_seq = excluded.spooled_seq, "
+        f"data = excluded.data",
+        (label, table.spooled_seq, table.dump()),
+    )
+
+
+def reset_tables(state: StoreState, seqs: dict[str, int]) -> None:
+    """Forget every table's state; each of ``seqs`` is clean at its counter (tests)."""
+    with state.lock:
+        state.tables.clear()
+        state.skipped.clear()
+        if state.shared:
+            state_connection(state).execute(f"DELETE FROM {STATE_TABLE}")
+        for label, seq in seqs.items():
+            state.tables[label] = TableState(spooled_seq=seq)
+            if state.shared:
+                save_table(state, label, state.tables[label])
+
+
+def get_meta(state: StoreState) -> dict[str, str]:
+    sql = f"SELECT key, value FROM {META_TABLE}"
+    return dict(state_connection(state).execute(sql).fetchall())
+
+
+def set_meta(state: StoreState, key: str, value: str) -> None:
+    state_connection(state).execute(
+        f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) "
+        f"ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        (key, value),
+    )
+
+
+class Busy(Exception):
+    """Another process leads the table's spool right now (``claim(wait=False)``)."""
 
 
 @dataclass
 class StoreState:
-    """One memory database (one NAME) of this process."""
+    """One memory database (one NAME) as this process sees it."""
 
     name: str
     keeper: sqlite3.Connection | None = None
     ready: bool = False
     booting: threading.Thread | None = None
     lock: threading.RLock = field(default_factory=threading.RLock)
+    #: Each table's spool lock among this process's threads (``claim``).
+    locks: dict[str, threading.Lock] = field(default_factory=dict)
+    #: Each table's state: the state itself in a ``process`` store, the copy last read
+    #: from the file in a ``host`` store.
     tables: dict[str, TableState] = field(default_factory=dict)
+    #: Tables the interval spooler left for its next tick because they were busy; it
+    #: waits for them then (see ``memdb.spooler.flush``).
+    skipped: set[str] = field(default_factory=set)
     #: Lets spools and restores get their locks between writers' transactions.
     gate: Gate = field(default_factory=Gate)
 
+    @property
+    def kind(self) -> str:
+        """``process`` (a shared-cache memory database) or ``host`` (a file)."""
+        return store_kind(self.name)
+
+    @property
+    def shared(self) -> bool:
+        """Whether other processes use this store too (its state outlives this one)."""
+        return self.kind != "process"
+
+    def lock_for(self, label: str) -> threading.Lock:
+        with self.lock:
+            return self.locks.setdefault(label, threading.Lock())
+
     def table(self, label: str) -> TableState:
+        """This process's ``TableState`` of ``label`` (see ``claim`` for a shared store)."""
         with self.lock:
             return self.tables.setdefault(label, TableState())
+
+    def table_states(self) -> dict[str, TableState]:
+        """Every table's state as the store has it now."""
+        if self.shared:
+            sql = f"SELECT label, spooled_seq, data FROM {STATE_TABLE}"
+            rows = state_connection(self).execute(sql).fetchall()
+            return {label: TableState.load(seq, data) for label, seq, data in rows}
+        with self.lock:
+            return dict(self.tables)
+
+
+def store_kind(name: str) -> str:
+    """The store a memory database NAME is: ``process`` or ``host``."""
+    return "process" if "mode=memory" in name else "host"
+
+
+def host_path(name: str) -> str:
+    """The file of a ``host`` store (its NAME without a ``file:`` URI's trimmings)."""
+    if name.startswith("file:"):
+        name = name[len("file:") :].split("?", 1)[0]
+    return name
+
+
+def aux_dir(name: str) -> str:
+    """The directory of a ``host`` store's lock files and state, beside its file."""
+    return host_path(name) + ".memdb"
+
+
+@contextmanager
+def _file_lock(path: str, *, wait: bool) -> Iterator[None]:
+    """An exclusive ``flock`` on ``path`` (released by the kernel if this process dies)."""
+    os.makedirs(os.path.dirname(path), exist_ok=True)
+    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+    try:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | (0 if wait else fcntl.LOCK_NB))
+        except BlockingIOError:
+            raise Busy(path) from None
+        yield
+    finally:
+        os.close(fd)
+
+
+@contextmanager
+def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[TableState]:
+    """Lead ``label``'s spools and restores in this store, and hold its state.
+
+    One thread of this process at a time (a thread lock, always waited for) and, in a
+    ``host`` store, one process of the host (a file lock; ``wait=False`` raises
+    ``Busy`` instead of waiting while another process leads). There the table's
+    ``TableState`` is read from the store's state database once the locks are held
+    and written back at the end, even after an error. A spool also records itself as
+    ``pending`` before it stores anything, so if this process dies before the end, the
+    next leader finds out from storage how that ended.
+    """
+    with state.lock_for(label), contextlib.ExitStack() as stack:
+        if not state.shared:
+            yield state.table(label)
+            return
+        stack.enter_context(
+            _file_lock(os.path.join(aux_dir(state.name), f"{label}.lock"), wait=wait)
+        )
+        table = load_table(state, label)
+        with state.lock:
+            state.tables[label] = table
+        try:
+            yield table
+        finally:
+            save_table(state, label, table)
+
+
+@contextmanager
+def boot_lock(state: StoreState) -> Iterator[None]:
+    """Held while a store is built and restored: one process of the host at a time."""
+    if not state.shared:
+        yield
+        return
+    with _file_lock(os.path.join(aux_dir(state.name), "boot.lock"), wait=True):
+        yield
 
 
 _states: dict[str, StoreState] = {}
@@ -196,8 +407,13 @@ def current_state() -> StoreState:
 
 
 def open_raw(name: str) -> sqlite3.Connection:
-    """A plain sqlite3 connection to the memory database, in autocommit mode."""
-    return sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False)
+    """A plain sqlite3 connection to the memory database, in autocommit mode.
+
+    No busy timeout: SQLite's own waits get longer and longer (up to 100 ms a try), so
+    back-to-back writers would starve a spool; ``retry_locked`` retries every few
+    milliseconds instead (a shared-cache memory database has no busy timeout anyway).
+    """
+    return sqlite3.connect(name, uri=True, isolation_level=None, check_same_thread=False, timeout=0)
 
 
 def keep_alive(name: str) -> None:
@@ -247,7 +463,9 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
     """Create tables and triggers, restore snapshots, start the interval spooler.
 
     Runs once per memory database and process, at its first connection. Other threads
-    wait until it is done; the booting thread's own nested use passes through.
+    wait until it is done; the booting thread's own nested use passes through. In a
+    ``host`` store the other processes of the host wait too (``boot_lock``), and only
+    the first one after the store's file was made restores it.
     """
     state = state_for(wrapper.settings_dict["NAME"])
     if state.ready:
@@ -257,42 +475,122 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
             return
         state.booting = threading.current_thread()
         try:
-            create_schema(wrapper)
-            from .spooler import remove_stale_scratch_files
+            with boot_lock(state):
+                fresh = prepare(wrapper, state)
+                rebuilt = create_schema(wrapper)
+                from .spooler import remove_stale_scratch_files
 
-            remove_stale_scratch_files()
-            if memdb_settings.RESTORE_ON_START:
-                from .restore import restore_at_start
+                remove_stale_scratch_files()
+                if memdb_settings.RESTORE_ON_START:
+                    from .restore import restore_at_start
 
-                restore_at_start(state)
+                    if fresh:
+                        restore_at_start(state)
+                        if state.shared:
+                            set_meta(state, "restored", str(time.time()))
+                    elif rebuilt:
+                        restore_at_start(state, labels=rebuilt)
             state.ready = True
         finally:
             state.booting = None
-    _warn_if_multi_process()
+    _warn_if_multi_process(state)
     from . import policies
 
     policies.process_started()
 
 
-#: The kind of store this module keeps: a SQLite shared-cache memory database private to
-#: one process (reported by ``api.tables()``).
-STORE = "process"
+def boot_id() -> str:
+    """This boot of the host (Linux), so a ``host`` store left by an earlier boot is seen."""
+    try:
+        with open("/proc/sys/kernel/random/boot_id") as f:
+            return f.read().strip()
+    except OSError:
+        return ""
 
 
-def _warn_if_multi_process() -> None:
+def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
+    """Set the store's file up; True if it holds nothing restored yet.
+
+    A ``host`` store runs in WAL mode, so readers and the spooler's snapshot reads never
+    wait for writers. A file an earlier boot of the host left (a HOST_PATH on disk)
+    is emptied, unless ``HOST_KEEP_ON_REBOOT``: its tables are then as that boot left
+    them, and the snapshots in storage (the same or newer) are not restored over them.
+    A ``process`` store is new in every process.
+    """
+    if not state.shared:
+        return True
+    raw = wrapper.connection
+    raw.execute("PRAGMA journal_mode = WAL")
+    meta = get_meta(state)
+    if meta.get("boot", boot_id()) != boot_id() and not memdb_settings.HOST_KEEP_ON_REBOOT:
+        logger.info("memdb: %s was left by an earlier boot; emptied", host_path(state.name))
+        tables = raw.execute(
+            "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
+        ).fetchall()
+        _drop_tables(raw, [name for (name,) in tables])
+        for table in (META_TABLE, STATE_TABLE):
+            state_connection(state).execute(f"DELETE FROM {table}")
+        meta = {}
+    set_meta(state, "boot", boot_id())
+    return "restored" not in meta
+
+
+def _drop_tables(raw: sqlite3.Connection, tables: list[str]) -> None:
+    """Drop ``tables`` (their triggers and indexes go with them), foreign keys aside."""
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        for table in tables:
+            raw.execute(f"DROP TABLE IF EXISTS {quote(table)}")
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+
+
+def _warn_if_multi_process(state: StoreState) -> None:
     """Log once per process when its persistent tables are one copy among several."""
     from .deployment import process_store_warning
     from .registry import persistent_models
 
+    if state.kind != "process":
+        return
     if persistent_models() and (warning := process_store_warning()):
         logger.warning("memdb: %s", warning)
 
 
-def create_schema(wrapper: BaseDatabaseWrapper) -> None:
-    """Create missing memory tables from the current models, then the tracking triggers."""
-    from .registry import memory_models
+def create_schema(wrapper: BaseDatabaseWrapper) -> list[str]:
+    """Create missing memory tables from the current models, then the tracking triggers.
+
+    A table that exists with other columns than its model's (a ``host`` store kept
+    across a deploy that changed the model) is dropped and made again, with a
+    warning; the labels of the persistent ones are returned, to be restored.
+    """
+    from .registry import is_persistent, memory_models
 
     models = memory_models()
+    rebuilt: list[str] = []
+    with wrapper.cursor() as cursor:
+        existing = set(wrapper.introspection.table_names(cursor))
+    for model in models:
+        table = model._meta.db_table
+        if table not in existing:
+            continue
+        columns = {str(f.column) for f in model._meta.local_concrete_fields if f.column}
+        stored = {
+            row[1] for row in wrapper.connection.execute(f"PRAGMA table_info({quote(table)})")
+        }
+        if stored != columns:
+            logger.warning(
+                "memdb: the memory table %s has columns %s, its model %s: made again%s",
+                table,
+                sorted(stored),
+                sorted(columns),
+                ", from its snapshot" if is_persistent(model) else " (empty)",
+            )
+            _drop_tables(wrapper.connection, [table, changes_table(table), journal_table(table)])
+            state_connection(state_for(wrapper.settings_dict["NAME"])).execute(
+                f"DELETE FROM {STATE_TABLE} WHERE label = ?", (model._meta.label,)
+            )
+            if is_persistent(model):
+                rebuilt.append(model._meta.label)
     # Creating a model creates its auto-created M2M tables too, hence two rounds.
     for round_models in ([m for m in models if not m._meta.auto_created], models):
         with wrapper.cursor() as cursor:
@@ -323,6 +621,7 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
+    return rebuilt
 
 
 def journal_table(table: str) -> str:
@@ -405,8 +704,24 @@ def read_seq(
     return int(retry_locked(lambda: conn.execute(sql).fetchone()[0], timeout, gate=gate))
 
 
-def is_dirty(state: StoreState, model: Any, seq: int) -> bool:
-    return seq != state.table(model._meta.label).spooled_seq
+def is_dirty(
+    state: StoreState,
+    conn: sqlite3.Connection,
+    model: Any,
+    *,
+    timeout: float | None = None,
+    gate: Gate | None = None,
+) -> bool:
+    """Whether ``model``'s table changed since its last snapshot was read: its change
+    counter against the ``spooled_seq`` of its state. Waits for a writer of that table
+    only."""
+    seq = read_seq(conn, model._meta.db_table, timeout=timeout, gate=gate)
+    label = model._meta.label
+    if not state.shared:
+        return seq != state.table(label).spooled_seq
+    sql = f"SELECT spooled_seq FROM {STATE_TABLE} WHERE label = ?"
+    row = state_connection(state).execute(sql, (label,)).fetchone()
+    return seq != (row[0] if row else 0)
 
 
 def count_rows(conn: sqlite3.Connection, table: str) -> int:

@@ -54,18 +54,22 @@ class TableSerializer(serializers.Serializer):
     codecs = serializers.ListField(child=serializers.CharField())
     restore_state = serializers.ChoiceField(
         choices=RESTORE_STATES,
-        help_text="ok: restored in this process; failed: see restore_error; none: nothing restored.",
+        help_text="ok: restored in this store; failed: see restore_error; none: nothing restored.",
     )
     restore_error = serializers.CharField(allow_null=True)
     store = serializers.ChoiceField(
-        choices=[("process", "process")],
+        choices=[("process", "process"), ("host", "host")],
         help_text="Where the table lives. process: a memory database private to the process "
-        "that answers.",
+        "that answers; host: a database file shared by every worker of its host.",
     )
     warning = serializers.CharField(
         allow_null=True,
         help_text="Set when the answering process looks like one of several workers of one "
         "server (e.g. gunicorn --workers 4): each has its own copy of the table.",
+    )
+    leader = serializers.CharField(
+        allow_null=True,
+        help_text="Who led the table's last spool in its store (host:pid); null before one.",
     )
 
 

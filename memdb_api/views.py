@@ -60,6 +60,7 @@ TABLE_EXAMPLE = {
     "restore_error": None,
     "store": "process",
     "warning": None,
+    "leader": "web-1:4242",
 }
 
 

@@ -51,11 +51,8 @@ def reset_memdb() -> None:
                 }
 
             seqs = store.run_locked_transaction(conn, wipe, immediate=True)
-        PersistentStorage.objects.using(storage_alias()).all().delete()
-        state = store.current_state()
-        state.tables.clear()
-        for label, seq in seqs.items():
-            state.table(label).spooled_seq = seq
+            PersistentStorage.objects.using(storage_alias()).all().delete()
+            store.reset_tables(store.current_state(), seqs)
     finally:
         if was_running:
             policies.process_started()
@@ -90,3 +87,28 @@ def memdb_override() -> Callable[..., AbstractContextManager[Any]]:
 
 # The fresh default database of the child-process tests (tests/children.py).
 from tests.children import default_db  # noqa: E402,F401
+
+
+def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
+    """With MEMDB_TEST_STORE=host, leave out the tests about the process store alone
+    (marked ``process_store``); the summary counts them as deselected."""
+    if settings.MEMDB.get("STORE", "process") == "process":
+        return
+    other = [item for item in items if item.get_closest_marker("process_store")]
+    if other:
+        config.hook.pytest_deselected(items=other)
+        items[:] = [item for item in items if not item.get_closest_marker("process_store")]
+
+
+def pytest_sessionfinish(session: pytest.Session) -> None:
+    """Remove the host store files of a MEMDB_TEST_STORE=host run (tests/settings.py)."""
+    import os
+    import shutil
+
+    directory = os.environ.get("MEMDB_TEST_HOST_DIR")
+    if (
+        directory
+        and settings.MEMDB.get("STORE") == "host"
+        and not hasattr(session.config, "workerinput")
+    ):
+        shutil.rmtree(directory, ignore_errors=True)

@@ -132,5 +132,17 @@ if _env("MEMDB_TEST_CODECS"):
     MEMDB["CODECS"] = _env("MEMDB_TEST_CODECS", "").split(",")
 if _env("MEMDB_TEST_FERNET_KEYS"):
     MEMDB["FERNET_KEYS"] = _env("MEMDB_TEST_FERNET_KEYS", "").split(",")
+# MEMDB_TEST_STORE=host: every process gets its own host store file (so a child process
+# started by a test is a new host, as after a reboot; MEMDB_TEST_HOST_PATH names one file
+# for processes that share it) in one directory per test run,
+# which child processes inherit and the run removes at its end (tests/conftest.py).
+if _env("MEMDB_TEST_STORE", "process") == "host":
+    if not _env("MEMDB_TEST_HOST_DIR"):
+        shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+        os.environ["MEMDB_TEST_HOST_DIR"] = tempfile.mkdtemp(prefix="memdb-test-host-", dir=shm)
+    MEMDB["STORE"] = "host"
+    MEMDB["HOST_PATH"] = _env("MEMDB_TEST_HOST_PATH") or os.path.join(
+        os.environ["MEMDB_TEST_HOST_DIR"], f"{os.getpid()}.sqlite3"
+    )
 
 memdb.configure(globals())

@@ -553,6 +553,7 @@ def test_memory_tables_page_follows_the_admin_look(admin: Client) -> None:
     assert 'id="theme-toggle"' in html or "theme-toggle" in html, "the dark mode switch"
 
 
+@pytest.mark.process_store
 def test_memory_tables_page_warns_when_this_is_one_of_several_workers(
     admin: Client, monkeypatch: pytest.MonkeyPatch
 ) -> None:

@@ -11,6 +11,7 @@ from contextlib import AbstractContextManager
 from typing import Any
 
 import pytest
+from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
@@ -437,7 +438,9 @@ def test_a_snapshot_this_process_never_restored_is_not_overwritten() -> None:
     Score.objects.create(player="a")
     api.spool("testapp.Score")
     api.restore("testapp.Score")
-    store.current_state().tables.clear()  # as in a new process that found no snapshot yet
+    with store.raw_connection() as conn:  # as in a new process that found no snapshot yet
+        seqs = {"testapp.Score": store.read_seq(conn, Score._meta.db_table)}
+    store.reset_tables(store.current_state(), seqs)
     with pytest.raises(ConflictError, match="has not restored"):
         api.spool("testapp.Score")
 
@@ -667,7 +670,7 @@ def test_tables_reports_memory_only_tables() -> None:
         codecs=(),
         restore_state="none",
         restore_error=None,
-        store="process",
+        store=settings.MEMDB.get("STORE", "process"),
         warning=None,
     )
 

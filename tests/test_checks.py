@@ -83,6 +83,7 @@ def test_e003_memory_alias_with_another_engine() -> None:
         "file:memdb_memdb?cache=shared",
     ],
 )
+@pytest.mark.process_store
 def test_e004_memory_alias_not_a_named_shared_memory_database(name: str) -> None:
     with memory_database(NAME=name):
         messages = memdb_checks.check_settings()

@@ -6,10 +6,11 @@ import re
 from io import StringIO
 
 import pytest
+from django.conf import settings
 from django.core.management import call_command
 from django.core.management.base import CommandError
 
-from memdb import api
+from memdb import api, spooler
 from memdb.exceptions import RestoreError
 from memdb.management.commands._util import human_bytes
 from memdb.models import PersistentStorage
@@ -148,7 +149,9 @@ def test_status_lists_every_memory_table() -> None:
     api.spool("testapp.Score")
     Score.objects.create(player="b")
     out, _ = run("memdb_status")
-    header, *rows = out.splitlines()
+    *lines, store_line = out.splitlines()
+    assert store_line == f"store: {settings.MEMDB.get('STORE', 'process')}"
+    header, *rows = lines
     assert header.split() == [
         "table",
         "kind",
@@ -159,17 +162,18 @@ def test_status_lists_every_memory_table() -> None:
         "gen",
         "last",
         "spooled",
+        "by",
         "restore",
     ]
     by_label = {row.split()[0]: row for row in rows}
     assert set(by_label) == {i.label for i in api.tables()}
     assert re.fullmatch(
-        r"testapp\.Hit\s+memory\s+-\s+1\s+no\s+-\s+-\s+-\s+none", by_label["testapp.Hit"]
+        r"testapp\.Hit\s+memory\s+-\s+1\s+no\s+-\s+-\s+-\s+-\s+none", by_label["testapp.Hit"]
     )
     size = re.escape(human_bytes(PersistentStorage.objects.get(model_name="Score").size))
     assert re.fullmatch(
         rf"testapp\.Score\s+persistent\s+manual\s+2\s+yes\s+{size}\s+1\s+"
-        r"\d{4}-\d\d-\d\d \d\d:\d\d:\d\d\s+none",
+        rf"\d{{4}}-\d\d-\d\d \d\d:\d\d:\d\d\s+{re.escape(spooler.writer_id())}\s+none",
         by_label["testapp.Score"],
     )
     assert re.match(
@@ -184,7 +188,7 @@ def test_status_with_labels_and_a_failed_restore() -> None:
     with pytest.raises(RestoreError):
         api.restore("testapp.Score")
     out, _ = run("memdb_status", "testapp.Score", "testapp.Hit")
-    header, *rows = out.splitlines()
+    header, *rows, _store = out.splitlines()
     assert [row.split()[0] for row in rows] == ["testapp.Hit", "testapp.Score"]
     assert "failed: testapp.Score: checksum mismatch" in rows[1]
 

@@ -26,6 +26,9 @@ from rest_framework.test import APIClient
 from memdb import api, deployment
 from tests.live.run_schemathesis import MANAGE, SETUP, free_port, manage
 
+#: The process store's warning; the host store's shared workers: tests/test_host_store.py.
+pytestmark = pytest.mark.process_store
+
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
 

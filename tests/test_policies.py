@@ -235,6 +235,7 @@ def test_interval_spool_is_not_held_up_by_a_long_transaction_on_another_table() 
     assert Hit.objects.filter(path="/slow").exists()
 
 
+@pytest.mark.process_store  # WAL: a transaction never keeps a spool from reading
 def test_interval_flush_skips_a_busy_table_once_then_waits_for_it() -> None:
     """A table held by a transaction for longer than ``Gate.HOLD`` is left for the next
     tick, but only once: the next tick waits for the transaction and spools it.
@@ -258,6 +259,7 @@ def test_interval_flush_skips_a_busy_table_once_then_waits_for_it() -> None:
     assert snapshot(IntervalScore) == (1, 2)
 
 
+@pytest.mark.process_store  # WAL: a transaction never keeps a spool from reading
 def test_a_table_held_past_lock_timeout_does_not_stop_the_tick(
     memdb_override: Override, caplog: pytest.LogCaptureFixture
 ) -> None:

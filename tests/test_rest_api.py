@@ -51,6 +51,7 @@ TABLE_FIELDS = {
     "restore_error",
     "store",
     "warning",
+    "leader",
 }
 SPOOL_FIELDS = {
     "label",
@@ -172,6 +173,7 @@ def table_json(info: api.TableInfo) -> dict[str, Any]:
         "restore_error": info.restore_error,
         "store": info.store,
         "warning": info.warning,
+        "leader": info.leader,
     }
 
 

@@ -263,6 +263,18 @@ def setup() -> None:
     django.setup()
 
 
+def new_host() -> None:
+    """With the host store (MEMDB_TEST_STORE=host), a forked child gets a store file of
+    its own, as a fresh interpreter does: each start is a new host (its memory lost
+    with the killed one), which is what the harness's promises are about."""
+    from django.conf import settings
+
+    if settings.MEMDB.get("STORE") == "host" and not os.environ.get("MEMDB_TEST_HOST_PATH"):
+        alias = settings.MEMDB.get("ALIAS", "memdb")
+        directory = os.environ["MEMDB_TEST_HOST_DIR"]
+        settings.DATABASES[alias]["NAME"] = os.path.join(directory, f"{os.getpid()}.sqlite3")
+
+
 def zygote() -> None:
     """Fork one child per command line on stdin; report each child's pid and its end."""
     setup()
@@ -280,6 +292,7 @@ def zygote() -> None:
         if pid == 0:
             code = 0
             try:
+                new_host()
                 perform(command)
             except BaseException:
                 traceback.print_exc()

@@ -6,7 +6,18 @@ from memdb import api
 
 from ._util import LabelCommand, human_bytes
 
-COLUMNS = ("table", "kind", "policy", "rows", "dirty", "snapshot", "gen", "last spooled", "restore")
+COLUMNS = (
+    "table",
+    "kind",
+    "policy",
+    "rows",
+    "dirty",
+    "snapshot",
+    "gen",
+    "last spooled",
+    "by",
+    "restore",
+)
 
 
 class Command(LabelCommand):
@@ -24,6 +35,7 @@ class Command(LabelCommand):
                 human_bytes(info.snapshot_bytes),
                 "-" if info.generation is None else str(info.generation),
                 info.last_spooled.strftime("%Y-%m-%d %H:%M:%S") if info.last_spooled else "-",
+                info.leader or "-",
                 info.restore_state + (f": {info.restore_error}" if info.restore_error else ""),
             )
             for info in infos
@@ -32,6 +44,8 @@ class Command(LabelCommand):
         self.stdout.write("  ".join(c.ljust(w) for c, w in zip(COLUMNS, widths)).rstrip())
         for row in rows:
             self.stdout.write("  ".join(v.ljust(w) for v, w in zip(row, widths)).rstrip())
+        if infos:
+            self.stdout.write(f"store: {infos[0].store}")
         if not rows:
             self.stdout.write(
                 "no memory tables: tag a model with InMemoryDB or PersistentInMemoryDB"
