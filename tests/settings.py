@@ -141,6 +141,7 @@ if _env("MEMDB_TEST_STORE", "process") == "host":
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         os.environ["MEMDB_TEST_HOST_DIR"] = tempfile.mkdtemp(prefix="memdb-test-host-", dir=shm)
     MEMDB["STORE"] = "host"
+    MEMDB["HOST_KEEP_ON_REBOOT"] = _env("MEMDB_TEST_HOST_KEEP", "0") == "1"
     MEMDB["HOST_PATH"] = _env("MEMDB_TEST_HOST_PATH") or os.path.join(
         os.environ["MEMDB_TEST_HOST_DIR"], f"{os.getpid()}.sqlite3"
     )

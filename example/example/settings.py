@@ -108,7 +108,13 @@ SPECTACULAR_SETTINGS = {
 MEMDB = {
     "POLICY": "interval",
     "INTERVAL": 1.0,
+    # "host" shares the memory tables between the workers of a server (gunicorn
+    # --workers 4) through a file in /dev/shm; the default, "process", gives each
+    # process its own. MEMDB_EXAMPLE_STORE and MEMDB_EXAMPLE_HOST_PATH exist for tests.
+    "STORE": os.environ.get("MEMDB_EXAMPLE_STORE") or "process",
 }
+if os.environ.get("MEMDB_EXAMPLE_HOST_PATH"):
+    MEMDB["HOST_PATH"] = os.environ["MEMDB_EXAMPLE_HOST_PATH"]
 
 import memdb  # noqa: E402
 

@@ -1,0 +1,428 @@
+"""The host store (``MEMDB["STORE"] = "host"``): one SQLite file shared by a host's workers.
+
+Every test here runs its workers as real processes pointed at one store file in
+/dev/shm (``MEMDB_TEST_HOST_PATH``), whatever store the suite itself runs on. The whole
+suite also runs on the host store (``MEMDB_TEST_STORE=host`` in ``.ci/run``): that is
+the contract every store keeps; this module is what only a shared store promises.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import signal
+import sqlite3
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from django.core import checks as django_checks
+from django.test.utils import override_settings
+
+from memdb import checks as memdb_checks
+from tests.children import (
+    PRELUDE,
+    check_quiet,
+    child_env,
+    last_json,
+    run,
+    run_process,
+)
+from tests.live.run_schemathesis import MANAGE, SETUP, free_port, manage
+
+ROOT = Path(__file__).resolve().parent.parent
+PYTHON = sys.executable
+
+
+@pytest.fixture
+def host_dir() -> Iterator[Path]:
+    """A directory on a RAM-backed file system for one test's store files."""
+    shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
+    directory = Path(tempfile.mkdtemp(prefix="memdb-host-test-", dir=shm))
+    yield directory
+    shutil.rmtree(directory, ignore_errors=True)
+
+
+def host_env(default_db: str, path: Path, **overrides: str) -> dict[str, str]:
+    """A child on the host store ``path`` (every child given the same path shares it)."""
+    return child_env(
+        default_db, MEMDB_TEST_STORE="host", MEMDB_TEST_HOST_PATH=str(path), **overrides
+    )
+
+
+def lose_host(path: Path) -> None:
+    """What a reboot does to a store in /dev/shm: its files are gone."""
+    for leftover in path.parent.glob(path.name + "*"):
+        shutil.rmtree(leftover) if leftover.is_dir() else leftover.unlink()
+
+
+SCORE_INFO = """
+(info,) = api.tables("testapp.Score")
+report(rows=rows(Score), store=info.store, warning=info.warning, leader=info.leader,
+       generation=info.generation, dirty=info.dirty, restore_state=info.restore_state,
+       pid=os.getpid(), hits=Hit.objects.count())
+"""
+
+
+def test_the_workers_of_a_host_share_the_tables(default_db: str, host_dir: Path) -> None:
+    """What one worker writes, the next one reads, memory-only tables included, without
+    a spool; a spool by the second builds on the first one's (no conflict)."""
+    env = host_env(default_db, host_dir / "store.sqlite3")
+    first = run(
+        "Score.objects.create(player='a', points=1)\n"
+        "api.spool('testapp.Score')\n"
+        "Score.objects.create(player='b', points=2)\n"
+        "Hit.objects.create(path='/')\n" + SCORE_INFO,
+        env,
+        migrate=True,
+    )
+    assert (first["store"], first["warning"], first["generation"]) == ("host", None, 1)
+    second = run(SCORE_INFO, env)
+    assert second["rows"] == [[1, "a", 1], [2, "b", 2]], "the unspooled row is there too"
+    assert second["hits"] == 1 and second["dirty"] is True
+    assert second["leader"] == f"{os.uname().nodename}:{first['pid']}"
+    spooled = run("(r,) = api.spool('testapp.Score')\nreport(generation=r.generation)\n", env)
+    assert spooled["generation"] == 2
+    third = run(SCORE_INFO, env)
+    assert (third["generation"], third["dirty"]) == (2, False)
+
+
+def test_a_lost_store_is_restored_from_storage(default_db: str, host_dir: Path) -> None:
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(
+        "Score.objects.create(player='a', points=1)\n"
+        "Score.objects.create(player='b', points=2)\n"
+        "api.spool('testapp.Score')\nHit.objects.create(path='/')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    lose_host(path)
+    after = run(SCORE_INFO, env)
+    assert after["rows"] == [[1, "a", 1], [2, "b", 2]]
+    assert (after["restore_state"], after["hits"], after["dirty"]) == ("ok", 0, False)
+
+
+@pytest.mark.parametrize("keep", [False, True])
+def test_a_store_left_by_an_earlier_boot(default_db: str, host_dir: Path, keep: bool) -> None:
+    """A HOST_PATH on disk outlives a reboot: its file is emptied and restored from
+    storage, or with HOST_KEEP_ON_REBOOT kept as it was (its unspooled row too)."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path, MEMDB_TEST_HOST_KEEP="1" if keep else "0")
+    run(
+        "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\n"
+        "Score.objects.create(player='unspooled', points=2)\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    state = sqlite3.connect(path.parent / (path.name + ".memdb") / "state.sqlite3")
+    with state:
+        state.execute("UPDATE memdb_meta SET value = 'an-earlier-boot' WHERE key = 'boot'")
+    state.close()
+    after = run(SCORE_INFO, env)
+    if keep:
+        assert after["rows"] == [[1, "a", 1], [2, "unspooled", 2]]
+        assert (after["generation"], after["dirty"]) == (1, True)
+    else:
+        assert after["rows"] == [[1, "a", 1]]
+        assert (after["restore_state"], after["dirty"]) == ("ok", False)
+
+
+BOOT_RACE = """
+from memdb import signals
+restored = []
+signals.post_restore.connect(lambda sender, **kw: restored.append(kw["label"]), weak=False)
+sys.stdin.readline()  # all start at once
+report(rows=len(rows(Score)), restored=restored)
+"""
+
+
+def test_one_worker_restores_the_store_the_others_wait(default_db: str, host_dir: Path) -> None:
+    """Four workers start at once on a new store: one restores it, the others wait for
+    it and find the rows."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(
+        "Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(500))\n"
+        "api.spool('testapp.Score')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    lose_host(path)
+    workers = [
+        subprocess.Popen(
+            [PYTHON, "-c", PRELUDE + BOOT_RACE],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for _ in range(4)
+    ]
+    time.sleep(1.0)  # each has set Django up and waits at its stdin
+    outcomes = [worker.communicate("go\n", timeout=60) for worker in workers]
+    reports = []
+    for worker, (out, err) in zip(workers, outcomes, strict=True):
+        assert worker.returncode == 0, err
+        check_quiet(err)
+        reports.append(last_json(out))
+    assert [r["rows"] for r in reports] == [500] * 4
+    assert sorted(len(r["restored"]) for r in reports) == [0, 0, 0, 1], reports
+
+
+KILLED_LEADER = """
+import signal
+from memdb import spooler
+Score.objects.create(player="a", points=1)
+api.spool("testapp.Score")
+Score.objects.create(player="b", points=2)
+real = spooler.write_snapshot
+def die(*args, **kwargs):
+    if {after!r}:
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+spooler.write_snapshot = die
+api.spool("testapp.Score", force=True)
+"""
+
+
+@pytest.mark.parametrize("after", [False, True], ids=["before-storing", "after-storing"])
+def test_a_worker_takes_over_from_a_leader_killed_mid_spool(
+    default_db: str, host_dir: Path, after: bool
+) -> None:
+    """The leader of a spool is SIGKILLed before or after its snapshot is stored, before
+    it recorded the outcome: the next worker's spool neither conflicts nor loses a row."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    killed = run_process(
+        PRELUDE + "call_command('migrate', verbosity=0)\n" + KILLED_LEADER.format(after=after), env
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    taken = run_process(
+        PRELUDE + "Score.objects.create(player='c', points=3)\n"
+        "(r,) = api.spool('testapp.Score')\nreport(generation=r.generation)\n",
+        env,
+    )
+    assert taken.returncode == 0, taken.stderr
+    assert last_json(taken.stdout)["generation"] == (3 if after else 2)
+    assert ("taken over" in taken.stderr) is after, taken.stderr
+    lose_host(path)
+    restored = run(SCORE_INFO, env)
+    assert restored["rows"] == [[1, "a", 1], [2, "b", 2], [3, "c", 3]]
+
+
+LEADER_BUSY = """
+import fcntl, threading
+from memdb import store
+(IntervalScore.objects.create(player="x", points=1))
+lock = os.path.join(store.aux_dir(store.current_name()), "testapp.IntervalScore.lock")
+fd = os.open(lock, os.O_RDWR | os.O_CREAT)
+fcntl.flock(fd, fcntl.LOCK_EX)  # as another worker leading its spool would
+skipped = api.flush(policy="interval", skip_busy=True)
+threading.Timer(0.5, lambda: os.close(fd)).start()
+started = time.monotonic()
+waited = api.flush(policy="interval")
+report(skipped=[r.label for r in skipped], waited=[r.label for r in waited],
+       seconds=time.monotonic() - started)
+"""
+
+
+def test_the_interval_spooler_leaves_a_table_another_worker_spools(
+    default_db: str, host_dir: Path
+) -> None:
+    """An interval tick skips a table whose spool lock another process holds; a spool
+    asked for (here a flush without skip_busy) waits for it instead."""
+    env = host_env(default_db, host_dir / "store.sqlite3", MEMDB_TEST_INTERVAL="60")
+    result = run(LEADER_BUSY, env, migrate=True)
+    assert result["skipped"] == []
+    assert result["waited"] == ["testapp.IntervalScore"] and result["seconds"] >= 0.4
+
+
+COMMIT_WRITER = """
+sys.stdin.readline()
+for i in range({count}):
+    CommitScore.objects.create(player="w{number}-" + str(i), points=i)
+report(done={count})
+"""
+
+
+def test_commit_writes_of_four_workers_at_once_all_survive(default_db: str, host_dir: Path) -> None:
+    """Four workers write ``commit`` rows at once; every acknowledged row is stored,
+    which a new host restores."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path, MEMDB_TEST_POLICY="commit")
+    run("report(ok=True)\n", env, migrate=True)
+    count = 40
+    workers = [
+        subprocess.Popen(
+            [PYTHON, "-c", PRELUDE + COMMIT_WRITER.format(count=count, number=n)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for n in range(4)
+    ]
+    time.sleep(1.0)
+    for worker in workers:
+        out, err = worker.communicate("go\n", timeout=120)
+        assert worker.returncode == 0, err
+        assert "Traceback" not in err, err
+        assert last_json(out) == {"done": count}
+    lose_host(path)
+    restored = run(
+        "report(players=sorted(CommitScore.objects.values_list('player', flat=True)))\n", env
+    )
+    assert restored["players"] == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
+
+
+def test_a_table_whose_columns_changed_is_made_again_from_its_snapshot(
+    default_db: str, host_dir: Path
+) -> None:
+    """A store kept across a deploy that changed a model: the table is made again from
+    the model, with its snapshot's rows, and the log says so."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(
+        "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\n"
+        "Hit.objects.create(path='/')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    with sqlite3.connect(path) as conn:  # the model as an older deploy had it
+        conn.execute("ALTER TABLE testapp_score ADD COLUMN retired TEXT")
+    after = run_process(PRELUDE + SCORE_INFO, env)
+    assert after.returncode == 0, after.stderr
+    assert "testapp_score has columns" in after.stderr and "from its snapshot" in after.stderr
+    report = last_json(after.stdout)
+    assert report["rows"] == [[1, "a", 1]] and report["hits"] == 1
+
+
+# -- system checks ------------------------------------------------------------------
+
+
+def _check(memdb: dict, databases: dict | None = None) -> list[django_checks.CheckMessage]:
+    from django.conf import settings
+
+    overrides = {"MEMDB": {**settings.MEMDB, **memdb}}
+    if databases is not None:
+        overrides["DATABASES"] = {**settings.DATABASES, **databases}
+    with override_settings(**overrides):
+        return [m for m in memdb_checks.check_settings() if m.id.startswith("memdb.")]
+
+
+@pytest.mark.django_db(databases=[])
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_checks_name_a_bad_store_and_a_host_store_that_is_not_a_file() -> None:
+    from django.conf import settings
+
+    (error,) = [m for m in _check({"STORE": "cluster"}) if m.id == "memdb.E013"]
+    assert "'cluster'" in error.msg
+    memory = {"memdb": {**settings.DATABASES["memdb"], "NAME": "file:x?mode=memory&cache=shared"}}
+    (error,) = [m for m in _check({"STORE": "host"}, memory) if m.id == "memdb.E004"]
+    assert "not a database file" in error.msg and "HOST_PATH" in (error.hint or "")
+
+
+@pytest.mark.django_db(databases=[])
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_check_warns_when_the_host_store_is_on_disk(tmp_path: Path) -> None:
+    from django.conf import settings
+
+    shm = memdb_checks._filesystem_of("/dev/shm")
+    on_disk = memdb_checks._filesystem_of(str(tmp_path))
+    if on_disk in ("tmpfs", "ramfs") or shm is None:
+        pytest.skip(f"{tmp_path} is on {on_disk}: no disk to warn about here")
+    disk = {"memdb": {**settings.DATABASES["memdb"], "NAME": str(tmp_path / "s.sqlite3")}}
+    (warning,) = [m for m in _check({"STORE": "host"}, disk) if m.id == "memdb.W003"]
+    assert on_disk in warning.msg and "/dev/shm" in (warning.hint or "")
+    ram = {"memdb": {**settings.DATABASES["memdb"], "NAME": "/dev/shm/s.sqlite3"}}
+    assert not [m for m in _check({"STORE": "host"}, ram) if m.id in ("memdb.W003", "memdb.E004")]
+
+
+# -- gunicorn ------------------------------------------------------------------------
+
+
+def test_gunicorn_workers_read_back_each_others_writes(tmp_path: Path, host_dir: Path) -> None:
+    """The example on the host store, served by gunicorn with 4 workers: each request
+    on a new connection (spread over the workers by the kernel) counts a hit, and every
+    answer shows every hit so far, whichever worker wrote it; no worker warns."""
+    env = {
+        **{k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"},
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "MEMDB_EXAMPLE_DB": str(tmp_path / "db.sqlite3"),
+        "MEMDB_EXAMPLE_THROTTLE": "1000000/minute",
+        "MEMDB_EXAMPLE_STORE": "host",
+        "MEMDB_EXAMPLE_HOST_PATH": str(host_dir / "example.sqlite3"),
+        "PYTHONPATH": str(ROOT / "example"),
+        "PYTHONUNBUFFERED": "1",
+    }
+    manage(env, "migrate", "--noinput")
+    token = manage(env, "shell", "-c", SETUP).strip().splitlines()[-1]
+    lose_host(host_dir / "example.sqlite3")  # the set-up's own store: a fresh start
+    port = free_port()
+    log = tmp_path / "gunicorn.log"
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                str(Path(PYTHON).with_name("gunicorn")),
+                "--workers",
+                "4",
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(MANAGE.parent),
+                "--access-logfile",
+                "-",
+                "--access-logformat",
+                "served-by %(p)s %(r)s",
+                "example.wsgi",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    base = f"http://127.0.0.1:{port}"
+
+    def tables_request() -> urllib.request.Request:
+        return urllib.request.Request(
+            base + "/memdb/tables", headers={"Authorization": f"Token {token}"}
+        )
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                urllib.request.urlopen(tables_request(), timeout=10).close()
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+                continue
+            break
+        counts = []
+        for _ in range(24):
+            urllib.request.urlopen(base + "/", timeout=10).close()  # one Hit
+            with urllib.request.urlopen(tables_request(), timeout=10) as response:
+                tables = {t["label"]: t for t in json.load(response)}
+            assert tables["shop.Hit"]["store"] == "host" and tables["shop.Hit"]["warning"] is None
+            assert tables["shop.Score"]["rows"] == 3
+            counts.append(tables["shop.Hit"]["rows"])
+        assert counts == list(range(1, 25)), counts
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    text = log.read_text()
+    pids = {line.split()[1] for line in text.splitlines() if line.startswith("served-by ")}
+    assert len(pids) >= 2, f"one worker served every request:\n{text}"
+    assert "worker processes" not in text, text
