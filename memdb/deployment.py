@@ -72,5 +72,6 @@ def process_store_warning() -> str | None:
         f"parent {os.getppid()}): with the 'process' store each worker has its own copy "
         f"of every memory table, they do not see each other's writes, and spools of the "
         f"same table conflict. Serve with one process and threads (e.g. gunicorn "
-        f"--workers 1 --threads 8); see the README, 'Limits: one process'"
+        f"--workers 1 --threads 8), or use MEMDB['STORE'] = 'host'; see the README, "
+        f"'Stores: one process or one host'"
     )

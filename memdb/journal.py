@@ -239,4 +239,8 @@ def compact(model: ModelType) -> int | None:
     """
     from .spooler import compact_stored
 
-    return compact_stored(model)
+    try:
+        with store.compaction_lock(store.current_state(), model._meta.label):
+            return compact_stored(model)
+    except store.Busy:
+        return None  # another process of a shared store is compacting it

@@ -224,11 +224,14 @@ def encoded_chunks(stream: IO[bytes], chain: tuple[str, ...], label: str) -> Ite
         yield codecs.encode(chain, piece, label=label)
 
 
-def spool_model(model: ModelType, *, force: bool = False, wait: bool = True) -> SpoolResult:
+def spool_model(
+    model: ModelType, *, force: bool = False, wait: bool = True, whole: bool = False
+) -> SpoolResult:
     """Write ``model``'s table as its next snapshot; see ``memdb.api.spool``.
 
     The spool leads the table in its store (``store.claim``): with ``wait=False`` it
     raises ``store.Busy`` at once when another process of a shared store leads it.
+    ``whole`` stores the whole table even where a journal delta would do.
     """
     label = model._meta.label
     refuse_inside_transaction("spool", label, SpoolError)
@@ -250,7 +253,7 @@ def spool_model(model: ModelType, *, force: bool = False, wait: bool = True) -> 
                 f"({table_state.restore_error}); restore it or discard it first, or spool "
                 f"with force to overwrite it"
             )
-        result = _spool_claimed(model, state, table_state, conn, stack, force=force)
+        result = _spool_claimed(model, state, table_state, conn, stack, force=force, whole=whole)
     if not result.unchanged:
         signals.post_spool.send(sender=model, label=label, result=result)
     return result
@@ -264,6 +267,7 @@ def _spool_claimed(
     stack: contextlib.ExitStack,
     *,
     force: bool,
+    whole: bool,
 ) -> SpoolResult:
     """The spool itself, while this process leads the table (``spool_model``)."""
     label = model._meta.label
@@ -279,7 +283,7 @@ def _spool_claimed(
         signals.pre_spool.send(sender=model, label=label)
         stream: IO[bytes]
         delta = None
-        if not force and _delta_fits(model, table_state, chain):
+        if not (force or whole) and _delta_fits(model, table_state, chain):
             delta = journal.read_delta(conn, model, state.gate)
         if delta is not None:
             seq, rows, kind = delta.seq, delta.rows, PersistentStorage.KIND_DELTA
@@ -706,6 +710,7 @@ def _insert_with_chunks(
     rows: int,
     generation: int,
     created_at: Any,
+    written_by: str | None = None,
 ) -> tuple[int, int]:
     """Insert one stored row and its chunks (inside the caller's transaction), consuming
     ``chunks`` one at a time; the row's size and checksum are set at the end."""
@@ -724,7 +729,7 @@ def _insert_with_chunks(
         checksum="",
         chunk_count=0,
         generation=generation,
-        written_by=writer_id(),
+        written_by=written_by or writer_id(),
         created_at=created_at,
         updated_at=timezone.now(),
     )
@@ -768,6 +773,15 @@ def compact_stored(model: ModelType) -> int | None:
         if folded is None:
             return None
         base, last, rows, path = folded
+        # The new snapshot keeps the writer of the last delta it folds: it holds that
+        # writer's data, and a worker taking over from that writer, killed before it
+        # recorded its delta, recognises it (``_settle_pending``).
+        last_writer = (
+            stored_rows(model)
+            .filter(kind=PersistentStorage.KIND_DELTA, generation=last)
+            .values_list("written_by", flat=True)
+            .first()
+        )
         image = stack.enter_context(scratch_file("compact"))
         with contextlib.closing(sqlite3.connect(image, isolation_level=None)) as conn:
             conn.execute("PRAGMA journal_mode = OFF")
@@ -796,6 +810,7 @@ def compact_stored(model: ModelType) -> int | None:
                     rows=rows,
                     generation=last,
                     created_at=base.created_at,
+                    written_by=last_writer,
                 )
         except IntegrityError:
             return None  # another process compacted to the same generation

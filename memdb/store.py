@@ -26,6 +26,7 @@ import random
 import sqlite3
 import threading
 import time
+import uuid
 from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass, field, fields
@@ -369,6 +370,16 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
 
 
 @contextmanager
+def compaction_lock(state: StoreState, label: str) -> Iterator[None]:
+    """Held while one process compacts ``label``'s journal (``Busy`` if another does)."""
+    if not state.shared:
+        yield
+        return
+    with _file_lock(os.path.join(aux_dir(state.name), f"{label}.compact.lock"), wait=False):
+        yield
+
+
+@contextmanager
 def boot_lock(state: StoreState) -> Iterator[None]:
     """Held while a store is built and restored: one process of the host at a time."""
     if not state.shared:
@@ -490,6 +501,8 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
                             set_meta(state, "restored", str(time.time()))
                     elif rebuilt:
                         restore_at_start(state, labels=rebuilt)
+                if rebuilt:
+                    rebuilt_restored(state, rebuilt)
             state.ready = True
         finally:
             state.booting = None
@@ -528,11 +541,24 @@ def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         ).fetchall()
         _drop_tables(raw, [name for (name,) in tables])
+    # The state database belongs to one store file: a new file (deleted, or replaced
+    # by the test runner) starts with no state, whatever the old file left.
+    raw.execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID_TABLE} (id TEXT NOT NULL)")
+    row = raw.execute(f"SELECT id FROM {STORE_ID_TABLE}").fetchone()
+    if row is None:
+        row = (uuid.uuid4().hex,)
+        raw.execute(f"INSERT INTO {STORE_ID_TABLE} (id) VALUES (?)", row)
+    if meta.get("store") != row[0]:
         for table in (META_TABLE, STATE_TABLE):
             state_connection(state).execute(f"DELETE FROM {table}")
         meta = {}
+        set_meta(state, "store", row[0])
     set_meta(state, "boot", boot_id())
     return "restored" not in meta
+
+
+#: The one-row table of a ``host`` store's file that names it (``prepare``).
+STORE_ID_TABLE = "memdb_store"
 
 
 def _drop_tables(raw: sqlite3.Connection, tables: list[str]) -> None:
@@ -559,38 +585,13 @@ def _warn_if_multi_process(state: StoreState) -> None:
 def create_schema(wrapper: BaseDatabaseWrapper) -> list[str]:
     """Create missing memory tables from the current models, then the tracking triggers.
 
-    A table that exists with other columns than its model's (a ``host`` store kept
-    across a deploy that changed the model) is dropped and made again, with a
-    warning; the labels of the persistent ones are returned, to be restored.
+    Returns the labels of persistent tables to restore because ``_drop_drifted`` made
+    them again.
     """
-    from .registry import is_persistent, memory_models
+    from .registry import memory_models
 
     models = memory_models()
-    rebuilt: list[str] = []
-    with wrapper.cursor() as cursor:
-        existing = set(wrapper.introspection.table_names(cursor))
-    for model in models:
-        table = model._meta.db_table
-        if table not in existing:
-            continue
-        columns = {str(f.column) for f in model._meta.local_concrete_fields if f.column}
-        stored = {
-            row[1] for row in wrapper.connection.execute(f"PRAGMA table_info({quote(table)})")
-        }
-        if stored != columns:
-            logger.warning(
-                "memdb: the memory table %s has columns %s, its model %s: made again%s",
-                table,
-                sorted(stored),
-                sorted(columns),
-                ", from its snapshot" if is_persistent(model) else " (empty)",
-            )
-            _drop_tables(wrapper.connection, [table, changes_table(table), journal_table(table)])
-            state_connection(state_for(wrapper.settings_dict["NAME"])).execute(
-                f"DELETE FROM {STATE_TABLE} WHERE label = ?", (model._meta.label,)
-            )
-            if is_persistent(model):
-                rebuilt.append(model._meta.label)
+    rebuilt = _drop_drifted(wrapper, models)
     # Creating a model creates its auto-created M2M tables too, hence two rounds.
     for round_models in ([m for m in models if not m._meta.auto_created], models):
         with wrapper.cursor() as cursor:
@@ -622,6 +623,78 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> list[str]:
         for sql in statements:
             cursor.execute(sql)
     return rebuilt
+
+
+REBUILD = "rebuild:"
+
+
+def _drop_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> list[str]:
+    """Drop the tables of a ``host`` store whose columns are not their model's.
+
+    That is a store kept across a deploy that changed a model. A persistent table is
+    spooled first if it has unspooled rows (a whole snapshot, taken as it is: the
+    restore matches columns by name), then made again and restored; a mark in the
+    state database until then has the next start restore it if this one is killed
+    half way. A table that cannot be spooled is left as it is, with an error in the
+    log, rather than lose its rows. Returns the labels to restore.
+    """
+    from .registry import is_persistent
+
+    state = state_for(wrapper.settings_dict["NAME"])
+    if not state.shared:
+        return []  # a process store is new: its tables are the models'
+    raw = wrapper.connection
+    pending = [k[len(REBUILD) :] for k in get_meta(state) if k.startswith(REBUILD)]
+    rebuilt: list[str] = []
+    with wrapper.cursor() as cursor:
+        existing = set(wrapper.introspection.table_names(cursor))
+    for model in models:
+        table, label = model._meta.db_table, model._meta.label
+        if table not in existing:
+            continue
+        columns = {str(f.column) for f in model._meta.local_concrete_fields if f.column}
+        stored = {row[1] for row in raw.execute(f"PRAGMA table_info({quote(table)})")}
+        if stored == columns:
+            continue
+        persistent = is_persistent(model)
+        if persistent:
+            from .exceptions import MemdbError
+            from .spooler import spool_model
+
+            try:
+                spool_model(model, whole=True)
+            except MemdbError as exc:
+                logger.error(
+                    "memdb: the memory table %s has columns %s, its model %s; it is left as "
+                    "it is, as its rows could not be spooled first (%s). Spool or discard "
+                    "it, then restart",
+                    table,
+                    sorted(stored),
+                    sorted(columns),
+                    exc,
+                )
+                continue
+            set_meta(state, REBUILD + label, "1")
+        logger.warning(
+            "memdb: the memory table %s has columns %s, its model %s: made again%s",
+            table,
+            sorted(stored),
+            sorted(columns),
+            ", from its snapshot" if persistent else " (empty)",
+        )
+        _drop_tables(raw, [table, changes_table(table), journal_table(table)])
+        state_connection(state).execute(f"DELETE FROM {STATE_TABLE} WHERE label = ?", (label,))
+        if persistent:
+            rebuilt.append(label)
+    return sorted(set(rebuilt) | set(pending))
+
+
+def rebuilt_restored(state: StoreState, labels: list[str]) -> None:
+    """The tables ``_drop_drifted`` made again were restored: forget their marks."""
+    for label in labels:
+        state_connection(state).execute(
+            f"DELETE FROM {META_TABLE} WHERE key = ?", (REBUILD + label,)
+        )
 
 
 def journal_table(table: str) -> str:
@@ -750,6 +823,46 @@ def run_locked_transaction(
             raise
 
     return retry_locked(attempt, gate=gate)
+
+
+def _after_fork_in_child() -> None:
+    """A forked worker (gunicorn ``--preload`` after the parent used memdb) starts clean.
+
+    SQLite forbids using a connection across ``fork()``: the child drops its parent's
+    (without closing them, which would touch the parent's files) and opens its own.
+    Locks another thread of the parent held at the fork would stay held forever in the
+    child: they are made anew. The interval spooler, a thread, did not survive the
+    fork: it is started again.
+    """
+    global _state_conns, _raw
+    _state_conns = threading.local()
+    _raw = threading.local()
+    for state in _states.values():
+        state.lock = threading.RLock()
+        state.locks = {}
+        state.gate = Gate()
+        if state.shared:
+            state.keeper = None
+            if state.ready:
+                keep_alive(state.name)
+    try:
+        from django.db import connections
+
+        wrapper = connections[memdb_settings.ALIAS]
+        if wrapper.connection is not None and store_kind(wrapper.settings_dict["NAME"]) == "host":
+            wrapper.connection = None  # the next query opens this process's own
+    except Exception:  # noqa: BLE001 - Django not set up in this process: nothing to drop
+        pass
+    from . import journal, policies
+
+    policies._interval_lock = threading.Lock()
+    journal._compacting_lock = threading.Lock()
+    journal._compacting.clear()
+    if used_in_this_process():
+        policies.process_started()
+
+
+os.register_at_fork(after_in_child=_after_fork_in_child)
 
 
 def describe(exc: BaseException) -> str:

@@ -93,7 +93,11 @@ def test_the_workers_of_a_host_share_the_tables(default_db: str, host_dir: Path)
     assert (third["generation"], third["dirty"]) == (2, False)
 
 
-def test_a_lost_store_is_restored_from_storage(default_db: str, host_dir: Path) -> None:
+@pytest.mark.parametrize("lost", ["everything", "the file alone"])
+def test_a_lost_store_is_restored_from_storage(default_db: str, host_dir: Path, lost: str) -> None:
+    """The store's files are gone (a reboot), or its database file alone (deleted by
+    hand, or by a test runner making a new test database): the state database left
+    beside it belongs to the old file and is not believed."""
     path = host_dir / "store.sqlite3"
     env = host_env(default_db, path)
     run(
@@ -103,7 +107,11 @@ def test_a_lost_store_is_restored_from_storage(default_db: str, host_dir: Path) 
         env,
         migrate=True,
     )
-    lose_host(path)
+    if lost == "everything":
+        lose_host(path)
+    else:
+        for suffix in ("", "-wal", "-shm"):
+            Path(f"{path}{suffix}").unlink(missing_ok=True)
     after = run(SCORE_INFO, env)
     assert after["rows"] == [[1, "a", 1], [2, "b", 2]]
     assert (after["restore_state"], after["hits"], after["dirty"]) == ("ok", 0, False)
@@ -289,12 +297,13 @@ def test_commit_writes_of_four_workers_at_once_all_survive(default_db: str, host
 def test_a_table_whose_columns_changed_is_made_again_from_its_snapshot(
     default_db: str, host_dir: Path
 ) -> None:
-    """A store kept across a deploy that changed a model: the table is made again from
-    the model, with its snapshot's rows, and the log says so."""
+    """A store kept across a deploy that changed a model: the table is spooled (its
+    unspooled row too), made again from the model and restored; the log says so."""
     path = host_dir / "store.sqlite3"
     env = host_env(default_db, path)
     run(
         "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\n"
+        "Score.objects.create(player='unspooled', points=2)\n"
         "Hit.objects.create(path='/')\nreport(ok=True)\n",
         env,
         migrate=True,
@@ -305,7 +314,101 @@ def test_a_table_whose_columns_changed_is_made_again_from_its_snapshot(
     assert after.returncode == 0, after.stderr
     assert "testapp_score has columns" in after.stderr and "from its snapshot" in after.stderr
     report = last_json(after.stdout)
-    assert report["rows"] == [[1, "a", 1]] and report["hits"] == 1
+    assert report["rows"] == [[1, "a", 1], [2, "unspooled", 2]] and report["hits"] == 1
+    assert (report["generation"], report["dirty"]) == (2, False)
+
+
+def test_a_start_killed_while_making_a_table_again_is_finished_by_the_next(
+    default_db: str, host_dir: Path
+) -> None:
+    """The worker that drops a changed table is killed before it restored it: the next
+    start restores it (the rebuild mark in the state database says so)."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(
+        "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE testapp_score ADD COLUMN retired TEXT")
+    killed = run_process(
+        "import os, signal, django\ndjango.setup()\nfrom memdb import restore\n"
+        "restore.restore_at_start = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
+        "from tests.testapp.models import Score\nScore.objects.count()\n",
+        env,
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    after = run(SCORE_INFO, env)
+    assert after["rows"] == [[1, "a", 1]] and after["restore_state"] == "ok"
+
+
+KILLED_DELTA = """
+import signal
+from memdb import spooler
+CommitScore.objects.create(player="a", points=1)
+CommitScore.objects.create(player="b", points=2)
+real = spooler.write_delta
+def die(*args, **kwargs):
+    real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+spooler.write_delta = die
+CommitScore.objects.create(player="c", points=3)
+"""
+
+
+def test_a_compaction_by_another_worker_keeps_the_dead_leaders_name(
+    default_db: str, host_dir: Path
+) -> None:
+    """A leader stores a delta and is killed; another worker's compaction folds it
+    into a snapshot before anyone spools again. The snapshot keeps the dead writer's
+    name, so the next spool takes over instead of failing with a conflict for good."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path, MEMDB_TEST_POLICY="commit")
+    killed = run_process(PRELUDE + "call_command('migrate', verbosity=0)\n" + KILLED_DELTA, env)
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    compacted = run(
+        "from memdb import journal\nreport(generation=journal.compact(CommitScore))\n",
+        env,
+    )
+    assert compacted["generation"] == 3
+    taken = run_process(
+        PRELUDE + "CommitScore.objects.create(player='d', points=4)\nreport(ok=True)\n", env
+    )
+    assert taken.returncode == 0 and "taken over" in taken.stderr, taken.stderr
+    lose_host(path)
+    restored = run(
+        "report(players=list(CommitScore.objects.values_list('player', flat=True)))\n", env
+    )
+    assert restored["players"] == ["a", "b", "c", "d"]
+
+
+FORKED = """
+from memdb import policies
+IntervalScore.objects.create(player="parent", points=0)  # the parent opens the store
+pid = os.fork()
+if pid == 0:
+    IntervalScore.objects.create(player="child", points=1)
+    api.spool("testapp.IntervalScore", force=True)
+    running = policies._interval is not None and policies._interval.is_alive()
+    os._exit(0 if running else 4)
+_, status = os.waitpid(pid, 0)
+(info,) = api.tables("testapp.IntervalScore")
+report(child=pid, status=os.waitstatus_to_exitcode(status), rows=info.rows,
+       snapshot_rows=info.snapshot_rows, leader=info.leader)
+"""
+
+
+def test_a_worker_forked_after_the_store_was_opened_works_on_its_own_connections(
+    default_db: str, host_dir: Path
+) -> None:
+    """gunicorn --preload with a parent that used memdb: the forked worker opens its own
+    SQLite connections, spools, and runs an interval spooler of its own."""
+    env = host_env(default_db, host_dir / "store.sqlite3", MEMDB_TEST_POLICY="interval")
+    result = run(FORKED, env, migrate=True)
+    assert result["status"] == 0, f"exit {result['status']}: 4 is no interval spooler"
+    assert (result["rows"], result["snapshot_rows"]) == (2, 2)
+    assert result["leader"] == f"{os.uname().nodename}:{result['child']}"
 
 
 # -- system checks ------------------------------------------------------------------

@@ -55,6 +55,11 @@ class DatabaseWrapper(sqlite_base.DatabaseWrapper):
         params = super().get_connection_params()
         if self.transaction_mode is None:
             self.transaction_mode: str | None = "IMMEDIATE"
+        # A host store's file has one writer at a time for all its processes. SQLite's
+        # busy wait sleeps longer and longer (up to 100 ms a try), so a worker could
+        # wait seconds while the others write back to back; retry_locked tries every
+        # few milliseconds instead. (A shared-cache memory database never waits.)
+        params.setdefault("timeout", 0)
         return params
 
     def get_new_connection(self, conn_params: dict[str, Any]) -> Any:
