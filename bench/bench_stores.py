@@ -5,7 +5,7 @@ the default database.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_stores.py            # full run, about 2 minutes
+    .venv/bin/python bench/bench_stores.py            # full run, about 75 seconds
     .venv/bin/python bench/bench_stores.py --quick    # about 30 seconds
 
 Settings are configured once per Django process, so every measurement runs in a new

@@ -221,3 +221,82 @@ def stop(proc: subprocess.Popen[Any]) -> int:
         proc.kill()
         proc.wait(timeout=TIMEOUT)
         raise
+
+
+# -- several children at once, and the example under gunicorn ------------------------
+
+
+def start_together(sources: list[str], env: dict[str, str]) -> list[subprocess.Popen[str]]:
+    """Start one child per source (``PRELUDE`` first); each should wait at
+    ``sys.stdin.readline()`` once set up, so ``finish_together`` lets them go at once."""
+    workers = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRELUDE + source],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+        )
+        for source in sources
+    ]
+    time.sleep(1.0)  # each has set Django up and waits at its stdin
+    return workers
+
+
+def finish_together(workers: list[subprocess.Popen[str]]) -> list[Any]:
+    """Let ``start_together``'s children go, wait for them; their last JSON lines."""
+    for worker in workers:
+        assert worker.stdin is not None
+        worker.stdin.write("go\n")
+        worker.stdin.flush()
+    reports = []
+    for worker in workers:
+        out, err = worker.communicate(timeout=2 * TIMEOUT)
+        assert worker.returncode == 0, err
+        check_quiet(err)
+        reports.append(last_json(out))
+    return reports
+
+
+def example_env(tmp_path: Path, **extra: str) -> dict[str, str]:
+    """The environment of the example project on a fresh SQLite file in ``tmp_path``."""
+    return {
+        **{k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"},
+        "DJANGO_SETTINGS_MODULE": "example.settings",
+        "MEMDB_EXAMPLE_DB": str(tmp_path / "db.sqlite3"),
+        "MEMDB_EXAMPLE_THROTTLE": "1000000/minute",
+        "PYTHONPATH": str(ROOT / "example"),
+        "PYTHONUNBUFFERED": "1",
+        **extra,
+    }
+
+
+def start_gunicorn(
+    env: dict[str, str], log: Path, *args: str, workers: int = 4
+) -> tuple[subprocess.Popen[bytes], int]:
+    """The example served by gunicorn with ``workers`` workers on a free port, its
+    output in ``log``; ``(server, port)``. Stop it with ``stop``."""
+    from tests.live.run_schemathesis import MANAGE, free_port
+
+    port = free_port()
+    with log.open("wb") as out:
+        server = subprocess.Popen(
+            [
+                str(Path(sys.executable).with_name("gunicorn")),
+                "--workers",
+                str(workers),
+                "--bind",
+                f"127.0.0.1:{port}",
+                "--chdir",
+                str(MANAGE.parent),
+                *args,
+                "example.wsgi",
+            ],
+            env=env,
+            cwd=ROOT,
+            stdout=out,
+            stderr=subprocess.STDOUT,
+        )
+    return server, port

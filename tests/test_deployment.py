@@ -24,7 +24,8 @@ from django.contrib.auth import get_user_model
 from rest_framework.test import APIClient
 
 from memdb import api, deployment
-from tests.live.run_schemathesis import MANAGE, SETUP, free_port, manage
+from tests.children import example_env, start_gunicorn
+from tests.live.run_schemathesis import SETUP, manage
 
 #: The process store's warning; the host store's shared workers: tests/test_host_store.py.
 pytestmark = pytest.mark.process_store
@@ -121,35 +122,11 @@ def get_tables(url: str, token: str) -> list[dict]:
 def test_gunicorn_with_four_workers_shows_the_warning(tmp_path: Path) -> None:
     """The example served by gunicorn with 4 workers: every worker that answers says
     it is one of 4 with its own copy, and each logged it at start-up."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"},
-        "DJANGO_SETTINGS_MODULE": "example.settings",
-        "MEMDB_EXAMPLE_DB": str(tmp_path / "db.sqlite3"),
-        "MEMDB_EXAMPLE_THROTTLE": "1000000/minute",
-        "PYTHONPATH": str(ROOT / "example"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = example_env(tmp_path)
     manage(env, "migrate", "--noinput")
     token = manage(env, "shell", "-c", SETUP).strip().splitlines()[-1]
-    port = free_port()
     log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [
-                str(Path(PYTHON).with_name("gunicorn")),
-                "--workers",
-                "4",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--chdir",
-                str(MANAGE.parent),
-                "example.wsgi",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server, port = start_gunicorn(env, log)
     url = f"http://127.0.0.1:{port}/memdb/tables"
     try:
         warnings: dict[str, str] = {}

@@ -13,7 +13,6 @@ import os
 import shutil
 import signal
 import sqlite3
-import subprocess
 import sys
 import tempfile
 import time
@@ -28,13 +27,16 @@ from django.test.utils import override_settings
 from memdb import checks as memdb_checks
 from tests.children import (
     PRELUDE,
-    check_quiet,
     child_env,
+    example_env,
+    finish_together,
     last_json,
     run,
     run_process,
+    start_gunicorn,
+    start_together,
 )
-from tests.live.run_schemathesis import MANAGE, SETUP, free_port, manage
+from tests.live.run_schemathesis import SETUP, manage
 
 ROOT = Path(__file__).resolve().parent.parent
 PYTHON = sys.executable
@@ -163,25 +165,7 @@ def test_one_worker_restores_the_store_the_others_wait(default_db: str, host_dir
         migrate=True,
     )
     lose_host(path)
-    workers = [
-        subprocess.Popen(
-            [PYTHON, "-c", PRELUDE + BOOT_RACE],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for _ in range(4)
-    ]
-    time.sleep(1.0)  # each has set Django up and waits at its stdin
-    outcomes = [worker.communicate("go\n", timeout=60) for worker in workers]
-    reports = []
-    for worker, (out, err) in zip(workers, outcomes, strict=True):
-        assert worker.returncode == 0, err
-        check_quiet(err)
-        reports.append(last_json(out))
+    reports = finish_together(start_together([BOOT_RACE] * 4, env))
     assert [r["rows"] for r in reports] == [500] * 4
     assert sorted(len(r["restored"]) for r in reports) == [0, 0, 0, 1], reports
 
@@ -269,24 +253,9 @@ def test_commit_writes_of_four_workers_at_once_all_survive(default_db: str, host
     env = host_env(default_db, path, MEMDB_TEST_POLICY="commit")
     run("report(ok=True)\n", env, migrate=True)
     count = 40
-    workers = [
-        subprocess.Popen(
-            [PYTHON, "-c", PRELUDE + COMMIT_WRITER.format(count=count, number=n)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for n in range(4)
-    ]
-    time.sleep(1.0)
-    for worker in workers:
-        out, err = worker.communicate("go\n", timeout=120)
-        assert worker.returncode == 0, err
-        assert "Traceback" not in err, err
-        assert last_json(out) == {"done": count}
+    sources = [COMMIT_WRITER.format(count=count, number=n) for n in range(4)]
+    reports = finish_together(start_together(sources, env))
+    assert reports == [{"done": count}] * 4
     lose_host(path)
     restored = run(
         "report(players=sorted(CommitScore.objects.values_list('player', flat=True)))\n", env
@@ -459,42 +428,18 @@ def test_gunicorn_workers_read_back_each_others_writes(tmp_path: Path, host_dir:
     """The example on the host store, served by gunicorn with 4 workers: each request
     on a new connection (spread over the workers by the kernel) counts a hit, and every
     answer shows every hit so far, whichever worker wrote it; no worker warns."""
-    env = {
-        **{k: v for k, v in os.environ.items() if k != "WEB_CONCURRENCY"},
-        "DJANGO_SETTINGS_MODULE": "example.settings",
-        "MEMDB_EXAMPLE_DB": str(tmp_path / "db.sqlite3"),
-        "MEMDB_EXAMPLE_THROTTLE": "1000000/minute",
-        "MEMDB_EXAMPLE_STORE": "host",
-        "MEMDB_EXAMPLE_HOST_PATH": str(host_dir / "example.sqlite3"),
-        "PYTHONPATH": str(ROOT / "example"),
-        "PYTHONUNBUFFERED": "1",
-    }
+    env = example_env(
+        tmp_path,
+        MEMDB_EXAMPLE_STORE="host",
+        MEMDB_EXAMPLE_HOST_PATH=str(host_dir / "example.sqlite3"),
+    )
     manage(env, "migrate", "--noinput")
     token = manage(env, "shell", "-c", SETUP).strip().splitlines()[-1]
     lose_host(host_dir / "example.sqlite3")  # the set-up's own store: a fresh start
-    port = free_port()
     log = tmp_path / "gunicorn.log"
-    with log.open("wb") as out:
-        server = subprocess.Popen(
-            [
-                str(Path(PYTHON).with_name("gunicorn")),
-                "--workers",
-                "4",
-                "--bind",
-                f"127.0.0.1:{port}",
-                "--chdir",
-                str(MANAGE.parent),
-                "--access-logfile",
-                "-",
-                "--access-logformat",
-                "served-by %(p)s %(r)s",
-                "example.wsgi",
-            ],
-            env=env,
-            cwd=ROOT,
-            stdout=out,
-            stderr=subprocess.STDOUT,
-        )
+    server, port = start_gunicorn(
+        env, log, "--access-logfile", "-", "--access-logformat", "served-by %(p)s %(r)s"
+    )
     base = f"http://127.0.0.1:{port}"
 
     def tables_request() -> urllib.request.Request:
