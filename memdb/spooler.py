@@ -816,28 +816,17 @@ def compact_stored(model: ModelType) -> int | None:
             return None  # another process compacted to the same generation
         # Phase 2, short: drop what the new snapshot replaces. A crash before it leaves
         # both, which restores the same (the newest snapshot and the deltas after it).
-        with transaction.atomic(using=alias):
-            existing = stored_rows(model)
-            _take_write_lock(existing, alias)
-            ours = existing.filter(kind=PersistentStorage.KIND_SNAPSHOT, generation=last)
-            newest = (
-                existing.filter(kind=PersistentStorage.KIND_SNAPSHOT)
-                .order_by("-generation")
-                .values_list("generation", flat=True)
-                .first()
-            )
-            replaced = (
-                ours  # a whole snapshot stored meanwhile made ours obsolete
-                if newest != last
-                else existing.filter(
-                    Q(kind=PersistentStorage.KIND_SNAPSHOT, generation__lt=last)
-                    | Q(kind=PersistentStorage.KIND_DELTA, generation__lte=last)
-                )
-            )
-            SnapshotChunk.objects.using(alias).filter(snapshot__in=replaced).delete()
-            replaced.delete()
-            if newest != last:
-                return None
+        # MariaDB may pick it as a deadlock victim beside a delta's insert (gap locks):
+        # it is tried again, as a delta is.
+        for attempt in range(READ_RETRIES):
+            try:
+                if not _drop_replaced(model, alias, last):
+                    return None
+                break
+            except OperationalError as exc:
+                if not _is_deadlock(exc) or attempt == READ_RETRIES - 1:
+                    raise
+                store.logger.info("memdb: %s: deadlock dropping folded rows, retrying", label)
     state = store.current_state()
     with store.claim(state, label) as table_state:
         if table_state.base is not None:
@@ -851,6 +840,33 @@ def compact_stored(model: ModelType) -> int | None:
             table_state.journal_bytes, table_state.journal_count = sum(sizes), len(sizes)
     store.logger.info("memdb: %s: journal folded into a snapshot at generation %s", label, last)
     return last
+
+
+def _drop_replaced(model: ModelType, alias: str, last: int) -> bool:
+    """Delete the rows a compaction to generation ``last`` replaced; False if a whole
+    snapshot stored meanwhile made the compaction's own snapshot obsolete (then that
+    one is deleted instead)."""
+    with transaction.atomic(using=alias):
+        existing = stored_rows(model)
+        _take_write_lock(existing, alias)
+        ours = existing.filter(kind=PersistentStorage.KIND_SNAPSHOT, generation=last)
+        newest = (
+            existing.filter(kind=PersistentStorage.KIND_SNAPSHOT)
+            .order_by("-generation")
+            .values_list("generation", flat=True)
+            .first()
+        )
+        replaced = (
+            ours  # a whole snapshot stored meanwhile made ours obsolete
+            if newest != last
+            else existing.filter(
+                Q(kind=PersistentStorage.KIND_SNAPSHOT, generation__lt=last)
+                | Q(kind=PersistentStorage.KIND_DELTA, generation__lte=last)
+            )
+        )
+        SnapshotChunk.objects.using(alias).filter(snapshot__in=replaced).delete()
+        replaced.delete()
+        return newest == last
 
 
 def _take_write_lock(existing: Any, alias: str) -> None:
