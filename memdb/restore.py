@@ -558,9 +558,12 @@ def _column_mapping(model: ModelType, stored: list[str]) -> tuple[list[str], lis
     return columns, values, params
 
 
-def restore_at_start(state: store.StoreState, labels: Iterable[str] | None = None) -> None:
+def restore_at_start(
+    state: store.StoreState, labels: Iterable[str] | None = None
+) -> set[str] | None:
     """Restore every stored snapshot (or those of ``labels``); failures are logged and do
-    not stop the others.
+    not stop the others. Returns the labels now as storage has them (restored, or with
+    nothing stored), or None when storage could not be read.
 
     A snapshot no persistent model claims (its app was removed) is left alone and
     named in a warning, once per store.
@@ -572,7 +575,7 @@ def restore_at_start(state: store.StoreState, labels: Iterable[str] | None = Non
         store.logger.warning(
             "memdb: cannot read PersistentStorage (%s); nothing was restored. Run migrate.", exc
         )
-        return
+        return None
     known = {model._meta.label for model in models}
     for label in sorted(stored - known):
         store.logger.warning(
@@ -585,11 +588,14 @@ def restore_at_start(state: store.StoreState, labels: Iterable[str] | None = Non
         )
     if labels is not None:
         models = [m for m in models if m._meta.label in set(labels)]
+    done = set()
     for model in models:
         if model._meta.label not in stored:
             with store.claim(state, model._meta.label) as table_state:
                 table_state.generation = 0
-    restore_models([m for m in models if m._meta.label in stored], state=state)
+            done.add(model._meta.label)
+    results, _ = restore_models([m for m in models if m._meta.label in stored], state=state)
+    return done | {result.label for result in results}
 
 
 def _stored_labels() -> set[str]:

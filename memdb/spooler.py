@@ -328,6 +328,9 @@ def _spool_claimed(
         table_state.restore_error = None
         table_state.spooled_seq = seq
         journal.forget(conn, model, seq, state.gate)
+    except ConflictError:
+        table_state.pending = False  # refused: nothing of this spool was stored
+        raise
     except MemdbError:
         raise
     except Exception as exc:

@@ -488,21 +488,16 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
         try:
             with boot_lock(state):
                 fresh = prepare(wrapper, state)
-                rebuilt = create_schema(wrapper)
+                create_schema(wrapper)
                 from .spooler import remove_stale_scratch_files
 
                 remove_stale_scratch_files()
-                if memdb_settings.RESTORE_ON_START:
+                if memdb_settings.RESTORE_ON_START and fresh:
                     from .restore import restore_at_start
 
-                    if fresh:
-                        restore_at_start(state)
-                        if state.shared:
-                            set_meta(state, "restored", str(time.time()))
-                    elif rebuilt:
-                        restore_at_start(state, labels=rebuilt)
-                if rebuilt:
-                    rebuilt_restored(state, rebuilt)
+                    # Only once storage could be read: until then, every start tries.
+                    if restore_at_start(state) is not None and state.shared:
+                        set_meta(state, "restored", str(time.time()))
             state.ready = True
         finally:
             state.booting = None
@@ -582,16 +577,13 @@ def _warn_if_multi_process(state: StoreState) -> None:
         logger.warning("memdb: %s", warning)
 
 
-def create_schema(wrapper: BaseDatabaseWrapper) -> list[str]:
-    """Create missing memory tables from the current models, then the tracking triggers.
-
-    Returns the labels of persistent tables to restore because ``_drop_drifted`` made
-    them again.
-    """
+def create_schema(wrapper: BaseDatabaseWrapper) -> None:
+    """Create missing memory tables from the current models, then the tracking triggers
+    (and bring a kept ``host`` store's tables up to their models: ``_migrate_drifted``)."""
     from .registry import memory_models
 
     models = memory_models()
-    rebuilt = _drop_drifted(wrapper, models)
+    _migrate_drifted(wrapper, models)
     # Creating a model creates its auto-created M2M tables too, hence two rounds.
     for round_models in ([m for m in models if not m._meta.auto_created], models):
         with wrapper.cursor() as cursor:
@@ -622,79 +614,128 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> list[str]:
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
-    return rebuilt
 
 
-REBUILD = "rebuild:"
+def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> None:
+    """Bring the tables of a ``host`` store kept across a deploy up to their models.
 
-
-def _drop_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> list[str]:
-    """Drop the tables of a ``host`` store whose columns are not their model's.
-
-    That is a store kept across a deploy that changed a model. A persistent table is
-    spooled first if it has unspooled rows (a whole snapshot, taken as it is: the
-    restore matches columns by name), then made again and restored; a mark in the
-    state database until then has the next start restore it if this one is killed
-    half way. A table that cannot be spooled is left as it is, with an error in the
-    log, rather than lose its rows. Returns the labels to restore.
+    A table whose columns, types, constraints or indexes differ from what its model
+    makes now is made again in place, in one ``BEGIN IMMEDIATE`` transaction (the other
+    processes' writers wait for it): a new table from the model, the rows copied over
+    by column name (a new column gets its default), the old one dropped. No row is
+    lost, spooled or not, and nothing is read from storage. A new column that has no
+    default cannot be filled: that table is left as it is, with an error in the log.
+    Its next spool stores the whole table (the snapshot deltas would build on has the
+    old columns).
     """
-    from .registry import is_persistent
-
     state = state_for(wrapper.settings_dict["NAME"])
     if not state.shared:
-        return []  # a process store is new: its tables are the models'
+        return  # a process store is new: its tables are the models'
     raw = wrapper.connection
-    pending = [k[len(REBUILD) :] for k in get_meta(state) if k.startswith(REBUILD)]
-    rebuilt: list[str] = []
     with wrapper.cursor() as cursor:
         existing = set(wrapper.introspection.table_names(cursor))
+    wanted = _model_tables(wrapper, models)
     for model in models:
-        table, label = model._meta.db_table, model._meta.label
-        if table not in existing:
+        table = model._meta.db_table
+        if table not in existing or model._meta.auto_created:
             continue
-        columns = {str(f.column) for f in model._meta.local_concrete_fields if f.column}
-        stored = {row[1] for row in raw.execute(f"PRAGMA table_info({quote(table)})")}
-        if stored == columns:
+        statements = wanted[table]
+        if _shape(raw, table) == _shape(_scratch(statements), table):
             continue
-        persistent = is_persistent(model)
-        if persistent:
-            from .exceptions import MemdbError
-            from .spooler import spool_model
-
-            try:
-                spool_model(model, whole=True)
-            except MemdbError as exc:
-                logger.error(
-                    "memdb: the memory table %s has columns %s, its model %s; it is left as "
-                    "it is, as its rows could not be spooled first (%s). Spool or discard "
-                    "it, then restart",
-                    table,
-                    sorted(stored),
-                    sorted(columns),
-                    exc,
-                )
-                continue
-            set_meta(state, REBUILD + label, "1")
-        logger.warning(
-            "memdb: the memory table %s has columns %s, its model %s: made again%s",
-            table,
-            sorted(stored),
-            sorted(columns),
-            ", from its snapshot" if persistent else " (empty)",
-        )
-        _drop_tables(raw, [table, changes_table(table), journal_table(table)])
-        state_connection(state).execute(f"DELETE FROM {STATE_TABLE} WHERE label = ?", (label,))
-        if persistent:
-            rebuilt.append(label)
-    return sorted(set(rebuilt) | set(pending))
+        _remake(wrapper, state, model, statements)
 
 
-def rebuilt_restored(state: StoreState, labels: list[str]) -> None:
-    """The tables ``_drop_drifted`` made again were restored: forget their marks."""
-    for label in labels:
-        state_connection(state).execute(
-            f"DELETE FROM {META_TABLE} WHERE key = ?", (REBUILD + label,)
-        )
+def _model_tables(wrapper: BaseDatabaseWrapper, models: list[Any]) -> dict[str, list[str]]:
+    """The SQL that makes each model's table (and its indexes) as the model is now."""
+    wanted = {}
+    for model in models:
+        if model._meta.auto_created:
+            continue
+        with wrapper.schema_editor(collect_sql=True, atomic=False) as editor:
+            editor.create_model(model)
+        wanted[model._meta.db_table] = [sql.rstrip(";") for sql in editor.collected_sql]
+    return wanted
+
+
+def _scratch(statements: list[str]) -> sqlite3.Connection:
+    conn = sqlite3.connect(":memory:")
+    for sql in statements:
+        conn.execute(sql)
+    return conn
+
+
+def _shape(conn: sqlite3.Connection, table: str) -> tuple[Any, ...]:
+    """What a table is: its columns (name, type, not null, default, key) and indexes."""
+    columns = tuple(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({quote(table)})"))
+    indexes = []
+    for _, name, unique, *_rest in conn.execute(f"PRAGMA index_list({quote(table)})"):
+        cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({quote(name)})"))
+        indexes.append((unique, cols))
+    return columns, tuple(sorted(indexes))
+
+
+def _remake(
+    wrapper: BaseDatabaseWrapper, state: StoreState, model: Any, statements: list[str]
+) -> None:
+    from .restore import column_defaults
+
+    raw = wrapper.connection
+    table, label = model._meta.db_table, model._meta.label
+    old = {row[1] for row in raw.execute(f"PRAGMA table_info({quote(table)})")}
+    has_rows = raw.execute(f"SELECT EXISTS (SELECT 1 FROM {quote(table)})").fetchone()[0]
+    fill = column_defaults(model)
+    columns, values, params = [], [], []
+    for f in model._meta.local_concrete_fields:
+        if not f.column:
+            continue
+        if f.column in old:
+            columns.append(quote(f.column))
+            values.append(quote(f.column))
+        elif f.column in fill:
+            columns.append(quote(f.column))
+            values.append("?")
+            params.append(fill[f.column])
+        elif has_rows:
+            logger.error(
+                "memdb: the memory table %s is not as its model %s makes it, and its new "
+                "field %r has no default to fill its rows with; it is left as it is. Give "
+                "the field a default, or empty the host store (spool, then delete %s)",
+                table,
+                label,
+                f.name,
+                host_path(state.name),
+            )
+            return
+    kept = f"memdb_old_{table}"
+    raw.execute("PRAGMA foreign_keys = OFF")
+    try:
+        raw.execute("BEGIN IMMEDIATE")
+        try:
+            raw.execute(f"DROP TABLE IF EXISTS {quote(kept)}")
+            raw.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(kept)}")
+            for sql in statements:
+                raw.execute(sql)
+            raw.execute(
+                f"INSERT INTO {quote(table)} ({', '.join(columns)}) "
+                f"SELECT {', '.join(values)} FROM {quote(kept)}",
+                params,
+            )
+            raw.execute(f"DROP TABLE {quote(kept)}")
+            raw.execute("COMMIT")
+        except BaseException:
+            raw.execute("ROLLBACK")
+            raise
+    finally:
+        raw.execute("PRAGMA foreign_keys = ON")
+    table_state = load_table(state, label)
+    table_state.base = None  # the next spool stores the whole table
+    save_table(state, label, table_state)
+    logger.warning(
+        "memdb: the memory table %s was not as its model %s makes it now; made again, "
+        "its rows kept",
+        table,
+        label,
+    )
 
 
 def journal_table(table: str) -> str:
@@ -834,10 +875,14 @@ def _after_fork_in_child() -> None:
     child: they are made anew. The interval spooler, a thread, did not survive the
     fork: it is started again.
     """
-    global _state_conns, _raw
+    global _state_conns, _raw, _states_lock
+    _states_lock = threading.Lock()
     _state_conns = threading.local()
     _raw = threading.local()
     for state in _states.values():
+        if not state.shared:  # a copy of the parent's tables: its spools are not ours
+            for table in state.tables.values():
+                table.pending = False
         state.lock = threading.RLock()
         state.locks = {}
         state.gate = Gate()

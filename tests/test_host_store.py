@@ -119,6 +119,29 @@ def test_a_lost_store_is_restored_from_storage(default_db: str, host_dir: Path, 
     assert (after["restore_state"], after["hits"], after["dirty"]) == ("ok", 0, False)
 
 
+def test_a_start_that_could_not_read_storage_leaves_the_restore_to_the_next(
+    default_db: str, host_dir: Path, tmp_path: Path
+) -> None:
+    """The first worker of a new store cannot read storage (its database is down, or
+    not migrated yet): it restores nothing, and does not mark the store restored, so
+    the next worker does restore it."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(
+        "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    lose_host(path)
+    unreadable = {**env, "MEMDB_TEST_DB_NAME": str(tmp_path / "not-migrated.sqlite3")}
+    if os.environ.get("MEMDB_TEST_DB", "sqlite") != "sqlite":
+        unreadable["MEMDB_TEST_DB_NAME"] = default_db + "_missing"  # no such database
+    first = run_process(PRELUDE + "report(rows=rows(Score))\n", unreadable)
+    assert "cannot read PersistentStorage" in first.stderr or first.returncode != 0, first.stderr
+    after = run(SCORE_INFO, env)
+    assert after["rows"] == [[1, "a", 1]] and after["restore_state"] == "ok"
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_a_store_left_by_an_earlier_boot(default_db: str, host_dir: Path, keep: bool) -> None:
     """A HOST_PATH on disk outlives a reboot: its file is emptied and restored from
@@ -263,11 +286,12 @@ def test_commit_writes_of_four_workers_at_once_all_survive(default_db: str, host
     assert restored["players"] == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
 
 
-def test_a_table_whose_columns_changed_is_made_again_from_its_snapshot(
+def test_a_table_whose_columns_changed_is_made_again_with_its_rows(
     default_db: str, host_dir: Path
 ) -> None:
-    """A store kept across a deploy that changed a model: the table is spooled (its
-    unspooled row too), made again from the model and restored; the log says so."""
+    """A store kept across a deploy that changed a model (here: a column the model no
+    longer has): the table is made again from the model in place, its rows kept, the
+    unspooled one too; the log says so, and the next spool stores the whole table."""
     path = host_dir / "store.sqlite3"
     env = host_env(default_db, path)
     run(
@@ -279,37 +303,49 @@ def test_a_table_whose_columns_changed_is_made_again_from_its_snapshot(
     )
     with sqlite3.connect(path) as conn:  # the model as an older deploy had it
         conn.execute("ALTER TABLE testapp_score ADD COLUMN retired TEXT")
-    after = run_process(PRELUDE + SCORE_INFO, env)
+    after = run_process(
+        PRELUDE
+        + SCORE_INFO.replace("report(", "(r,) = api.spool('testapp.Score')\nreport(kind=r.kind, ")
+        + "report(columns=[c.name for c in __import__('django.db', fromlist=['x'])"
+        ".connections['memdb'].introspection.get_table_description("
+        "__import__('django.db', fromlist=['x']).connections['memdb'].cursor(), 'testapp_score')])\n",
+        env,
+    )
     assert after.returncode == 0, after.stderr
-    assert "testapp_score has columns" in after.stderr and "from its snapshot" in after.stderr
-    report = last_json(after.stdout)
-    assert report["rows"] == [[1, "a", 1], [2, "unspooled", 2]] and report["hits"] == 1
-    assert (report["generation"], report["dirty"]) == (2, False)
+    assert "testapp_score was not as its model" in after.stderr, after.stderr
+    first, second = [json.loads(line) for line in after.stdout.splitlines() if line.startswith("{")]
+    assert first["rows"] == [[1, "a", 1], [2, "unspooled", 2]] and first["hits"] == 1
+    assert (first["kind"], first["generation"]) == ("snapshot", 1)
+    assert second["columns"] == ["id", "player", "points"]
+    quiet = run(SCORE_INFO, env)  # made once: the next start finds it as its model makes it
+    assert (quiet["generation"], quiet["dirty"]) == (2, False)
 
 
-def test_a_start_killed_while_making_a_table_again_is_finished_by_the_next(
-    default_db: str, host_dir: Path
-) -> None:
-    """The worker that drops a changed table is killed before it restored it: the next
-    start restores it (the rebuild mark in the state database says so)."""
+def test_an_index_an_older_deploy_made_is_dropped(default_db: str, host_dir: Path) -> None:
     path = host_dir / "store.sqlite3"
     env = host_env(default_db, path)
-    run(
-        "Score.objects.create(player='a', points=1)\napi.spool('testapp.Score')\nreport(ok=True)\n",
-        env,
-        migrate=True,
-    )
+    run("Score.objects.create(player='a', points=1)\nreport(ok=True)\n", env, migrate=True)
     with sqlite3.connect(path) as conn:
-        conn.execute("ALTER TABLE testapp_score ADD COLUMN retired TEXT")
-    killed = run_process(
-        "import os, signal, django\ndjango.setup()\nfrom memdb import restore\n"
-        "restore.restore_at_start = lambda *a, **k: os.kill(os.getpid(), signal.SIGKILL)\n"
-        "from tests.testapp.models import Score\nScore.objects.count()\n",
-        env,
-    )
-    assert killed.returncode == -signal.SIGKILL, killed.stderr
-    after = run(SCORE_INFO, env)
-    assert after["rows"] == [[1, "a", 1]] and after["restore_state"] == "ok"
+        conn.execute("CREATE UNIQUE INDEX old_unique_points ON testapp_score (points)")
+    after = run_process(PRELUDE + "Score.objects.create(player='b', points=1)\n" + SCORE_INFO, env)
+    assert after.returncode == 0, after.stderr
+    assert last_json(after.stdout)["rows"] == [[1, "a", 1], [2, "b", 1]]
+
+
+def test_a_new_field_without_default_leaves_the_table_and_says_why(
+    default_db: str, host_dir: Path
+) -> None:
+    """The model has a field the kept table lacks, with no default to fill its rows:
+    the table is left as it is (nothing lost) and the log names the field."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run("Score.objects.create(player='a', points=1)\nreport(ok=True)\n", env, migrate=True)
+    with sqlite3.connect(path) as conn:  # an older deploy's model had no 'player'
+        conn.execute("ALTER TABLE testapp_score DROP COLUMN player")
+    after = run_process(PRELUDE + "report(n=Score.objects.values('points').count())\n", env)
+    assert after.returncode == 0, after.stderr
+    assert "new field 'player' has no default" in after.stderr, after.stderr
+    assert last_json(after.stdout) == {"n": 1}
 
 
 KILLED_DELTA = """
