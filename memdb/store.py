@@ -279,6 +279,8 @@ class StoreState:
     skipped: set[str] = field(default_factory=set)
     #: Lets spools and restores get their locks between writers' transactions.
     gate: Gate = field(default_factory=Gate)
+    #: The id of the ``host`` store's file this process opened (``prepare``).
+    store_id: str | None = None
 
     @property
     def kind(self) -> str:
@@ -360,6 +362,14 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
         stack.enter_context(
             _file_lock(os.path.join(aux_dir(state.name), f"{label}.lock"), wait=wait)
         )
+        if state.store_id is not None and get_meta(state).get("store") != state.store_id:
+            from .exceptions import MemdbError
+
+            raise MemdbError(
+                f"{label}: the host store's file {host_path(state.name)} was replaced "
+                f"since this process opened it (deleted, or made anew); this process "
+                f"still writes the old one: restart it"
+            )
         table = load_table(state, label)
         with state.lock:
             state.tables[label] = table
@@ -548,6 +558,7 @@ def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
             state_connection(state).execute(f"DELETE FROM {table}")
         meta = {}
         set_meta(state, "store", row[0])
+    state.store_id = row[0]
     set_meta(state, "boot", boot_id())
     return "restored" not in meta
 

@@ -142,6 +142,40 @@ def test_a_start_that_could_not_read_storage_leaves_the_restore_to_the_next(
     assert after["rows"] == [[1, "a", 1]] and after["restore_state"] == "ok"
 
 
+REPLACED = """
+import subprocess
+Score.objects.create(player="a", points=1)
+for leftover in ({files!r}):
+    if os.path.exists(leftover):
+        os.unlink(leftover)
+# Another process opens the store: a new file, and the state beside it is made anew.
+subprocess.run([sys.executable, "-c", "import django; django.setup(); "
+                "from tests.testapp.models import Score; Score.objects.count()"], check=True)
+try:
+    api.spool("testapp.Score")
+except Exception as exc:
+    report(error=str(exc))
+else:
+    report(error=None)
+"""
+
+
+def test_a_process_whose_store_file_was_replaced_is_told_to_restart(
+    default_db: str, host_dir: Path
+) -> None:
+    """The store file is deleted under a running worker and a new one made by another:
+    the old worker's spools would record state for a file that is not the one they
+    read, so they are refused with a clear error instead."""
+    path = host_dir / "store.sqlite3"
+    files = [f"{path}{suffix}" for suffix in ("", "-wal", "-shm")]
+    env = host_env(default_db, path)
+    run("report(ok=True)\n", env, migrate=True)
+    done = run_process(PRELUDE + REPLACED.format(files=files), env)
+    assert done.returncode == 0, done.stderr
+    error = last_json(done.stdout)["error"]
+    assert error and "was replaced since this process opened it" in error
+
+
 @pytest.mark.parametrize("keep", [False, True])
 def test_a_store_left_by_an_earlier_boot(default_db: str, host_dir: Path, keep: bool) -> None:
     """A HOST_PATH on disk outlives a reboot: its file is emptied and restored from
