@@ -23,6 +23,7 @@ import json
 import logging
 import os
 import random
+import re
 import sqlite3
 import threading
 import time
@@ -630,59 +631,57 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
 def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> None:
     """Bring the tables of a ``host`` store kept across a deploy up to their models.
 
-    A table whose columns, types, constraints or indexes differ from what its model
-    makes now is made again in place, in one ``BEGIN IMMEDIATE`` transaction (the other
-    processes' writers wait for it): a new table from the model, the rows copied over
-    by column name (a new column gets its default), the old one dropped. No row is
-    lost, spooled or not, and nothing is read from storage. A new column that has no
-    default cannot be filled: that table is left as it is, with an error in the log.
-    Its next spool stores the whole table (the snapshot deltas would build on has the
-    old columns).
+    A table whose definition or indexes differ from what its model makes now (compared
+    as SQL with the model's table made in a scratch database) is made again in place,
+    in one ``BEGIN IMMEDIATE`` transaction (the other processes' writers wait for it),
+    the way SQLite documents for any change ``ALTER TABLE`` cannot make: a new table
+    from the model, the rows copied over by column name (a new column gets its
+    default), the old table dropped, the new one renamed, its indexes and change
+    tracking made. No row is lost, spooled or not, and nothing is read from storage.
+    A new column that has no default cannot be filled: that table is left as it is,
+    with an error in the log. The table's next spool stores it whole.
     """
     state = state_for(wrapper.settings_dict["NAME"])
     if not state.shared:
         return  # a process store is new: its tables are the models'
-    raw = wrapper.connection
     with wrapper.cursor() as cursor:
         existing = set(wrapper.introspection.table_names(cursor))
-    wanted = _model_tables(wrapper, models)
     for model in models:
         table = model._meta.db_table
         if table not in existing or model._meta.auto_created:
             continue
-        statements = wanted[table]
-        if _shape(raw, table) == _shape(_scratch(statements), table):
-            continue
-        _remake(wrapper, state, model, statements)
+        statements = _model_sql(wrapper, model)
+        scratch = sqlite3.connect(":memory:")
+        try:
+            for sql in statements:
+                scratch.execute(sql)
+            wanted = _definition(scratch, table)
+        finally:
+            scratch.close()
+        if _definition(wrapper.connection, table) != wanted:
+            _remake(wrapper, state, model, statements)
 
 
-def _model_tables(wrapper: BaseDatabaseWrapper, models: list[Any]) -> dict[str, list[str]]:
-    """The SQL that makes each model's table (and its indexes) as the model is now."""
-    wanted = {}
-    for model in models:
-        if model._meta.auto_created:
-            continue
-        with wrapper.schema_editor(collect_sql=True, atomic=False) as editor:
-            editor.create_model(model)
-        wanted[model._meta.db_table] = [sql.rstrip(";") for sql in editor.collected_sql]
-    return wanted
+def _model_sql(wrapper: BaseDatabaseWrapper, model: Any) -> list[str]:
+    """The SQL that makes ``model``'s table as the model is now (its M2M tables too)."""
+    with wrapper.schema_editor(collect_sql=True, atomic=False) as editor:
+        editor.create_model(model)
+    return [sql.rstrip(";") for sql in editor.collected_sql]
 
 
-def _scratch(statements: list[str]) -> sqlite3.Connection:
-    conn = sqlite3.connect(":memory:")
-    for sql in statements:
-        conn.execute(sql)
-    return conn
+def _definition(conn: sqlite3.Connection, table: str) -> tuple[str, ...]:
+    """How a table is made: its CREATE TABLE (without its name) and CREATE INDEX SQL."""
+    rows = conn.execute(
+        "SELECT type, sql FROM sqlite_master WHERE tbl_name = ? AND sql IS NOT NULL "
+        "AND type IN ('table', 'index') ORDER BY type DESC, sql",
+        (table,),
+    ).fetchall()
+    return tuple(
+        _CREATE_TABLE.sub("CREATE TABLE", sql) if kind == "table" else sql for kind, sql in rows
+    )
 
 
-def _shape(conn: sqlite3.Connection, table: str) -> tuple[Any, ...]:
-    """What a table is: its columns (name, type, not null, default, key) and indexes."""
-    columns = tuple(tuple(row[1:]) for row in conn.execute(f"PRAGMA table_info({quote(table)})"))
-    indexes = []
-    for _, name, unique, *_rest in conn.execute(f"PRAGMA index_list({quote(table)})"):
-        cols = tuple(r[2] for r in conn.execute(f"PRAGMA index_info({quote(name)})"))
-        indexes.append((unique, cols))
-    return columns, tuple(sorted(indexes))
+_CREATE_TABLE = re.compile(r'^CREATE TABLE\s+("(?:[^"]|"")+"|\S+)', re.IGNORECASE)
 
 
 def _remake(
@@ -692,12 +691,16 @@ def _remake(
 
     raw = wrapper.connection
     table, label = model._meta.db_table, model._meta.label
-    old = {row[1] for row in raw.execute(f"PRAGMA table_info({quote(table)})")}
-    has_rows = raw.execute(f"SELECT EXISTS (SELECT 1 FROM {quote(table)})").fetchone()[0]
+    q = quote(table)
+    create = [sql for sql in statements if _makes(sql, table)]
+    on_table = re.compile(rf"^CREATE (UNIQUE )?INDEX .* ON {re.escape(q)} ?\(")
+    indexes = [sql for sql in statements if on_table.match(sql)]
+    old = {row[1] for row in raw.execute(f"PRAGMA table_xinfo({q})") if row[6] == 0}
+    has_rows = raw.execute(f"SELECT EXISTS (SELECT 1 FROM {q})").fetchone()[0]
     fill = column_defaults(model)
     columns, values, params = [], [], []
     for f in model._meta.local_concrete_fields:
-        if not f.column:
+        if not f.column or getattr(f, "generated", False):
             continue
         if f.column in old:
             columns.append(quote(f.column))
@@ -717,36 +720,61 @@ def _remake(
                 host_path(state.name),
             )
             return
-    kept = f"memdb_old_{table}"
-    raw.execute("PRAGMA foreign_keys = OFF")
-    try:
-        raw.execute("BEGIN IMMEDIATE")
+    new = f"memdb_new_{table}"
+    # AUTOINCREMENT keeps ids of deleted rows from coming back: keep its counter.
+    has_sequence = raw.execute(
+        "SELECT 1 FROM sqlite_master WHERE name = 'sqlite_sequence'"
+    ).fetchone()
+    sequence = (
+        raw.execute("SELECT seq FROM sqlite_sequence WHERE name = ?", (table,)).fetchone()
+        if has_sequence
+        else None
+    )
+    with claim(state, label) as table_state:
+        raw.execute("PRAGMA foreign_keys = OFF")
+        raw.execute("PRAGMA legacy_alter_table = ON")  # other tables' REFERENCES stay
         try:
-            raw.execute(f"DROP TABLE IF EXISTS {quote(kept)}")
-            raw.execute(f"ALTER TABLE {quote(table)} RENAME TO {quote(kept)}")
-            for sql in statements:
-                raw.execute(sql)
-            raw.execute(
-                f"INSERT INTO {quote(table)} ({', '.join(columns)}) "
-                f"SELECT {', '.join(values)} FROM {quote(kept)}",
-                params,
-            )
-            raw.execute(f"DROP TABLE {quote(kept)}")
-            raw.execute("COMMIT")
-        except BaseException:
-            raw.execute("ROLLBACK")
-            raise
-    finally:
-        raw.execute("PRAGMA foreign_keys = ON")
-    table_state = load_table(state, label)
-    table_state.base = None  # the next spool stores the whole table
-    save_table(state, label, table_state)
+            raw.execute("BEGIN IMMEDIATE")
+            try:
+                (sql,) = create
+                raw.execute(f"DROP TABLE IF EXISTS {quote(new)}")
+                raw.execute(_CREATE_TABLE.sub(f"CREATE TABLE {quote(new)}", sql, count=1))
+                raw.execute(
+                    f"INSERT INTO {quote(new)} ({', '.join(columns)}) "
+                    f"SELECT {', '.join(values)} FROM {q}",
+                    params,
+                )
+                raw.execute(f"DROP TABLE {q}")
+                raw.execute(f"ALTER TABLE {quote(new)} RENAME TO {q}")
+                for sql in indexes:
+                    raw.execute(sql)
+                for sql in create_triggers_sql(model):
+                    raw.execute(sql)
+                if sequence is not None:
+                    raw.execute(
+                        "UPDATE sqlite_sequence SET seq = max(seq, ?) WHERE name = ?",
+                        (sequence[0], table),
+                    )
+                raw.execute("COMMIT")
+            except BaseException:
+                raw.execute("ROLLBACK")
+                raise
+        finally:
+            raw.execute("PRAGMA legacy_alter_table = OFF")
+            raw.execute("PRAGMA foreign_keys = ON")
+        table_state.base = None  # the next spool stores the whole table
     logger.warning(
         "memdb: the memory table %s was not as its model %s makes it now; made again, "
         "its rows kept",
         table,
         label,
     )
+
+
+def _makes(sql: str, table: str) -> bool:
+    """Whether ``sql`` is the CREATE TABLE statement of ``table``."""
+    match = _CREATE_TABLE.match(sql)
+    return match is not None and match.group(1) in (quote(table), table)
 
 
 def journal_table(table: str) -> str:

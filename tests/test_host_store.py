@@ -355,6 +355,65 @@ def test_a_table_whose_columns_changed_is_made_again_with_its_rows(
     assert (quiet["generation"], quiet["dirty"]) == (2, False)
 
 
+RELATED = """
+from tests.testapp.models import Player, Tag, Team
+team = Team.objects.create(name="reds")
+boss = Player.objects.create(team=team, name="boss")
+player = Player.objects.create(team=team, mentor=boss, name="p")
+player.tags.add(Tag.objects.create(name="fast"))
+report(ok=True)
+"""
+
+RELATED_AFTER = """
+from django.db import connections
+from tests.testapp.models import Player, Tag, Team
+team = Team.objects.get(name="reds")
+Player.objects.create(team=team, name="new", mentor=Player.objects.get(name="boss"))
+Player.objects.get(name="new").tags.add(Tag.objects.get(name="fast"))
+with connections["memdb"].cursor() as cursor:
+    cursor.execute("PRAGMA foreign_key_check")
+    broken = cursor.fetchall()
+    cursor.execute("SELECT sql FROM sqlite_master WHERE sql LIKE '%memdb_new_%'")
+    leftovers = cursor.fetchall()
+(info,) = api.tables("testapp.Player")
+report(players=sorted(Player.objects.values_list("name", "team__name", "mentor__name")),
+       tags=sorted(Player.objects.filter(tags__name="fast").values_list("name", flat=True)),
+       broken=broken, leftovers=leftovers, dirty=info.dirty)
+"""
+
+
+def test_tables_with_foreign_keys_and_many_to_many_are_made_again_whole(
+    default_db: str, host_dir: Path
+) -> None:
+    """Both ends of a foreign key (and of a many-to-many) made again: rows, keys and
+    links kept, the other tables still reference the right table, writes are tracked,
+    and the next start finds nothing to make again."""
+    path = host_dir / "store.sqlite3"
+    env = host_env(default_db, path)
+    run(RELATED, env, migrate=True)
+    with sqlite3.connect(path) as conn:
+        conn.execute("ALTER TABLE testapp_team ADD COLUMN retired TEXT")
+        conn.execute("ALTER TABLE testapp_player ADD COLUMN retired TEXT")
+    after = run_process(PRELUDE + RELATED_AFTER, env)
+    assert after.returncode == 0, after.stderr
+    assert after.stderr.count("made again, its rows kept") == 2, after.stderr
+    report = last_json(after.stdout)
+    assert report["players"] == [
+        ["boss", "reds", None],
+        ["new", "reds", "boss"],
+        ["p", "reds", "boss"],
+    ]
+    assert report["tags"] == ["new", "p"]
+    assert (report["broken"], report["leftovers"], report["dirty"]) == ([], [], True)
+    again = run(
+        "report(n=Player.objects.count())\n".replace(
+            "Player", "__import__('tests.testapp.models', fromlist=['x']).Player"
+        ),
+        env,
+    )
+    assert again == {"n": 3}
+
+
 def test_an_index_an_older_deploy_made_is_dropped(default_db: str, host_dir: Path) -> None:
     path = host_dir / "store.sqlite3"
     env = host_env(default_db, path)
