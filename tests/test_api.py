@@ -445,6 +445,22 @@ def test_a_snapshot_this_process_never_restored_is_not_overwritten() -> None:
         api.spool("testapp.Score")
 
 
+def test_a_refused_spool_leaves_nothing_pending() -> None:
+    """A spool refused with ConflictError stored nothing: the table is not left marked
+    as pending, a mark that would have a later spool take the other writer's stored
+    generation for one of its own."""
+    Score.objects.create(player="a")
+    api.spool("testapp.Score")
+    with store.raw_connection() as conn:  # as in a process that never restored it
+        seqs = {"testapp.Score": store.read_seq(conn, Score._meta.db_table)}
+    store.reset_tables(store.current_state(), seqs)
+    Score.objects.create(player="b")
+    with pytest.raises(ConflictError):
+        api.spool("testapp.Score")
+    with store.claim(store.current_state(), "testapp.Score") as table:
+        assert (table.pending, table.generation) == (False, None)
+
+
 # schema drift
 
 

@@ -497,6 +497,42 @@ report(child=pid, status=os.waitstatus_to_exitcode(status), rows=info.rows,
 """
 
 
+FORK_WHILE_LOCKED = """
+import threading
+from memdb import store
+held, release = threading.Event(), threading.Event()
+def hold():
+    with store._states_lock:
+        held.set()
+        release.wait(10)
+threading.Thread(target=hold).start()
+held.wait()
+pid = os.fork()
+if pid == 0:
+    store.state_for("file:memdb_fork_test?mode=memory&cache=shared")  # hung before
+    os._exit(0)
+deadline = time.monotonic() + 5
+status = None
+while status is None and time.monotonic() < deadline:
+    done, code = os.waitpid(pid, os.WNOHANG)
+    status = os.waitstatus_to_exitcode(code) if done else None
+    time.sleep(0.02)
+if status is None:
+    os.kill(pid, 9)
+    os.waitpid(pid, 0)
+release.set()
+report(status=status)
+"""
+
+
+def test_a_fork_while_another_thread_holds_the_store_registry_lock_does_not_hang(
+    default_db: str,
+) -> None:
+    """A lock another thread of the parent held at the fork would stay held for good
+    in the child: the child makes it anew."""
+    assert run(FORK_WHILE_LOCKED, child_env(default_db)) == {"status": 0}
+
+
 def test_a_worker_forked_after_the_store_was_opened_works_on_its_own_connections(
     default_db: str, host_dir: Path
 ) -> None:
