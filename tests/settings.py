@@ -137,13 +137,13 @@ if _env("MEMDB_TEST_FERNET_KEYS"):
 # for processes that share it) in one directory per test run,
 # which child processes inherit and the run removes at its end (tests/conftest.py).
 if _env("MEMDB_TEST_STORE", "process") == "host":
-    if not _env("MEMDB_TEST_HOST_DIR"):
+    if not _env("MEMDB_TEST_HOST_DIR") and not _env("MEMDB_TEST_HOST_PATH"):
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         os.environ["MEMDB_TEST_HOST_DIR"] = tempfile.mkdtemp(prefix="memdb-test-host-", dir=shm)
     MEMDB["STORE"] = "host"
     MEMDB["HOST_KEEP_ON_REBOOT"] = _env("MEMDB_TEST_HOST_KEEP", "0") == "1"
     MEMDB["HOST_PATH"] = _env("MEMDB_TEST_HOST_PATH") or os.path.join(
         os.environ["MEMDB_TEST_HOST_DIR"], f"{os.getpid()}.sqlite3"
-    )
+    )  # a child given its file makes no directory: nobody would remove it
 
 memdb.configure(globals())
