@@ -28,6 +28,8 @@ PROCESS_DECODE = "decode"
 
 ENGINE = "memdb.backends.sqlite3"
 ROUTER = "memdb.router.MemDBRouter"
+#: The engine of the ``server`` store's alias for each default database engine.
+SERVER_ENGINES = {"django.db.backends.postgresql": "memdb.backends.postgresql"}
 
 
 def memory_database_name(alias: str) -> str:
@@ -60,7 +62,9 @@ def configure(settings: MutableMapping[str, Any], *, alias: str = "memdb") -> No
     Call it as ``memdb.configure(globals())`` at the end of a settings module. It only
     adds what is missing, so an explicit ``DATABASES[alias]`` entry or router order wins.
     The alias is the store ``MEMDB["STORE"]`` names: a memory database of each process
-    (``process``, the default) or a file shared by the host's workers (``host``).
+    (``process``, the default), a file shared by the host's workers (``host``), or
+    ``UNLOGGED`` tables on the default database's PostgreSQL server (``server``; with
+    another default database no alias is added, and check ``memdb.E013`` says why).
     """
     apps = list(settings.get("INSTALLED_APPS", []))
     if "memdb" not in apps and "memdb.apps.MemDBConfig" not in apps:
@@ -70,13 +74,24 @@ def configure(settings: MutableMapping[str, Any], *, alias: str = "memdb") -> No
     databases = settings.setdefault("DATABASES", {})
     # The memory schema is built from the models at first use, not by migrations; the
     # test runner must not replay them either.
-    if dict(settings.get("MEMDB", {})).get("STORE", "process") == "host":
+    kind = dict(settings.get("MEMDB", {})).get("STORE", "process")
+    default = dict(databases.get("default", {}))
+    if kind == "server" and default.get("ENGINE") in SERVER_ENGINES:
+        # The default database's own server and database: the tables are made there,
+        # UNLOGGED, and the test runner uses the default's test database for them.
+        entry = {
+            **{k: v for k, v in default.items() if k not in ("ENGINE", "TEST")},
+            "TEST": {"MIGRATE": False, "MIRROR": "default"},
+        }
+        databases.setdefault(alias, {**entry, "ENGINE": SERVER_ENGINES[default["ENGINE"]]})
+    elif kind == "host":
         path = host_database_path(settings, alias)
         stem, suffix = os.path.splitext(path)
         entry = {"NAME": path, "TEST": {"MIGRATE": False, "NAME": f"{stem}-test{suffix}"}}
     else:
         entry = {"NAME": memory_database_name(alias), "TEST": {"MIGRATE": False}}
-    databases.setdefault(alias, {"ENGINE": ENGINE, **entry})
+    if kind != "server":
+        databases.setdefault(alias, {"ENGINE": ENGINE, **entry})
 
     routers = list(settings.get("DATABASE_ROUTERS", []))
     if ROUTER not in routers:

@@ -44,6 +44,8 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
                 id=E001,
             )
         )
+    elif memdb_settings.STORE == "server":
+        errors.extend(_check_server(alias, database))
     else:
         if database.get("ENGINE") != ENGINE:
             errors.append(
@@ -91,7 +93,7 @@ def check_settings(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckM
         errors.append(
             checks.Error(
                 f"MEMDB['STORE'] is {memdb_settings.STORE!r}, not one of {', '.join(STORES)}.",
-                hint="Set MEMDB['STORE'] to 'process' (the default) or 'host'.",
+                hint="Set MEMDB['STORE'] to 'process' (the default), 'host' or 'server'.",
                 id=E013,
             )
         )
@@ -257,6 +259,28 @@ def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]
                 )
             )
     return errors
+
+
+def _check_server(alias: str, database: dict[str, Any]) -> list[checks.CheckMessage]:
+    """The ``server`` store's alias must use a server engine, on the default's server."""
+    from . import SERVER_ENGINES
+
+    engine = database.get("ENGINE")
+    if engine not in SERVER_ENGINES.values():
+        default = settings.DATABASES.get("default", {}).get("ENGINE")
+        return [
+            checks.Error(
+                f"MEMDB['STORE'] is 'server' but DATABASES[{alias!r}]['ENGINE'] is "
+                f"{engine!r}, not a server store engine "
+                f"({', '.join(SERVER_ENGINES.values())}).",
+                hint="The server store keeps the tables on the default database's "
+                "PostgreSQL server: make the default database PostgreSQL and let "
+                "memdb.configure() add the alias"
+                + (f" (the default database is {default!r})." if default else "."),
+                id=E013,
+            )
+        ]
+    return []
 
 
 def _check_host_name(alias: str, name: str) -> list[checks.CheckMessage]:

@@ -22,7 +22,6 @@ from typing import Any
 from django.conf import settings
 from django.core import serializers
 from django.core.serializers.json import DjangoJSONEncoder
-from django.db import connections
 
 from . import signals, store
 from .codecs import PROCESSOR_PREFIX
@@ -161,7 +160,7 @@ def _image(model: ModelType, rows: list[Any]) -> bytes:
             stacklevel=2,
         )
         store.logger.warning("memdb: %s: dropped snapshot field(s) %s", label, ", ".join(dropped))
-    connection = connections[memdb_settings.ALIAS]
+    connection = store.image_connection()
     try:
         objects = [
             item.object

@@ -12,15 +12,17 @@ from django.dispatch import receiver
 from .codecs import as_chain
 
 POLICIES = ("commit", "interval", "manual")
-STORES = ("process", "host")
+STORES = ("process", "host", "server")
 
 #: Every key of ``settings.MEMDB`` with its default.
 DEFAULTS: dict[str, Any] = {
     # Database alias of the in-memory store (``memdb.configure`` adds it to DATABASES).
     "ALIAS": "memdb",
     # Where the memory tables live (``memdb.configure`` builds the alias from it):
-    # "process", a SQLite memory database private to each process, or "host", a SQLite
-    # database file on a RAM-backed file system shared by every worker of the host.
+    # "process", a SQLite memory database private to each process, "host", a SQLite
+    # database file on a RAM-backed file system shared by every worker of the host, or
+    # "server", UNLOGGED tables on the default database's PostgreSQL server, shared by
+    # every process of every host.
     "STORE": "process",
     # The "host" store's database file (None: django-memdb-<alias>-<hash of the default
     # database>.sqlite3 in /dev/shm, or the temporary directory where there is none).

@@ -70,7 +70,7 @@ def _decode_value(value: Any) -> Any:
     return value
 
 
-def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> Delta | None:
+def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
     """The changed rows of ``model``'s table as of one instant, as a delta payload; None
     when too many changed for a delta (more than ``DELTA_MAX_SHARE`` of the rows and
     more than 100, or more than ``CHUNK_SIZE`` bytes of them): store the table then.
@@ -79,6 +79,10 @@ def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> 
     counter, the row count, the journal's keys and their rows, so the delta is a
     consistent point-in-time read of the rows it names.
     """
+    if getattr(conn, "kind", None) == "server":
+        from . import server
+
+        return server.read_delta(model)
     table = model._meta.db_table
     column = store.journal_column(model)
     assert column is not None
@@ -116,7 +120,7 @@ def read_delta(conn: sqlite3.Connection, model: ModelType, gate: store.Gate) -> 
         return store.run_locked_transaction(conn, read, immediate=False, gate=gate)
 
 
-def forget(conn: sqlite3.Connection, model: ModelType, seq: int, gate: store.Gate) -> None:
+def forget(conn: Any, model: ModelType, seq: int, gate: store.Gate) -> None:
     """Drop the journal's keys stored by a spool read at counter ``seq``.
 
     The spool has stored its rows by then, so a failure here (a transaction held the
@@ -126,6 +130,10 @@ def forget(conn: sqlite3.Connection, model: ModelType, seq: int, gate: store.Gat
     table. ``gate`` holds this process's writers back meanwhile, so back-to-back
     transactions cannot starve the delete.
     """
+    if getattr(conn, "kind", None) == "server":
+        from . import server
+
+        return server.forget(model, seq)
     if not store.journal_column(model):
         return
     j = store.quote(store.journal_table(model._meta.db_table))

@@ -25,10 +25,9 @@ from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-from django.db import DatabaseError, connections
+from django.db import DatabaseError
 
 from . import codecs, compat, signals, store
-from .conf import memdb_settings
 from .exceptions import MemdbError, RestoreError
 from .journal import apply_delta
 from .registry import ModelType, persistent_models
@@ -96,6 +95,12 @@ def restore_models(
             refuse_inside_transaction("restore", model._meta.label, RestoreError)
         store.ensure_ready()
         state = store.current_state()
+    return store.restored_if_lost(state, lambda: _restore_models(models, state))
+
+
+def _restore_models(
+    models: list[ModelType], state: store.StoreState
+) -> tuple[list[RestoreResult], dict[str, RestoreError]]:
     errors: dict[str, RestoreError] = {}
     done: list[_Job] = []
     with ExitStack() as stack:
@@ -110,10 +115,15 @@ def restore_models(
                 jobs.append(_prepare(model, stack))
             except RestoreError as exc:
                 _failed(claimed, model, exc, errors)
-        limit = conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
+        if state.kind == "server":
+            from . import server
+
+            load, limit = (lambda _conn, batch, _gate: server.load(batch)), len(jobs) + 1
+        else:
+            load, limit = _load, conn.getlimit(sqlite3.SQLITE_LIMIT_ATTACHED)
         for batch in _batches(jobs, limit):
             try:
-                _load(conn, batch, state.gate)
+                load(conn, batch, state.gate)
                 done.extend(batch)
                 continue
             except RestoreError as exc:
@@ -122,7 +132,7 @@ def restore_models(
                     continue
             for job in batch:
                 try:
-                    _load(conn, [job], state.gate)
+                    load(conn, [job], state.gate)
                     done.append(job)
                 except RestoreError as exc:
                     _failed(claimed, job.model, exc, errors)
@@ -495,7 +505,7 @@ def _check_types(model: ModelType, stored: dict[str, str]) -> None:
     SQLite would accept text into an integer column and the reverse, so without this a
     primary key changed from integers to UUIDs would load as rows Django cannot read.
     """
-    connection = connections[memdb_settings.ALIAS]
+    connection = store.image_connection()
     changed = []
     for f in model._meta.local_concrete_fields:
         if not f.column or not stored.get(f.column):
@@ -516,7 +526,7 @@ def _check_types(model: ModelType, stored: dict[str, str]) -> None:
 def column_defaults(model: ModelType) -> dict[str, Any]:
     """For each column of ``model`` that has a default (or is nullable), its stored value:
     what a row from a snapshot or delta written before the field existed gets."""
-    connection = connections[memdb_settings.ALIAS]
+    connection = store.image_connection()
     defaults = {}
     for f in model._meta.local_concrete_fields:
         if f.column and (f.has_default() or f.null):
@@ -606,6 +616,47 @@ def _stored_labels() -> set[str]:
     return {f"{app}.{name}" for app, name in rows}
 
 
+def replay(
+    conn: sqlite3.Connection, model: ModelType, deltas: list[tuple[int, int, bytes]]
+) -> list[str]:
+    """Bring a table image (the model's table in ``conn``) up to the model, then replay
+    ``deltas`` onto it; the model's columns, which the image now has.
+
+    Folded into the model's columns as they are now: a field added since the snapshot
+    gets its column (and default), so deltas that have it keep it.
+    """
+    label = model._meta.label
+    q = store.quote(model._meta.db_table)
+    connection = store.image_connection()
+    fill = column_defaults(model)
+    stored = [row[1] for row in conn.execute(f"PRAGMA table_info({q})")]
+    for f in model._meta.local_concrete_fields:
+        if f.column and f.column not in stored:
+            conn.execute(
+                f"ALTER TABLE {q} ADD COLUMN {store.quote(f.column)} {f.db_type(connection) or ''}"
+            )
+            if f.column in fill:
+                conn.execute(f"UPDATE {q} SET {store.quote(f.column)} = ?", (fill[f.column],))
+    columns = [f.column for f in model._meta.local_concrete_fields if f.column]
+    column = store.journal_column(model)
+    if deltas and column is not None:
+        conn.execute(f"CREATE INDEX IF NOT EXISTS memdb_fold_key ON {q} ({store.quote(column)})")
+        conn.execute("BEGIN")
+        for _, _, payload in deltas:
+            apply_delta(conn, f"main.{q}", columns, fill, payload, label)
+        conn.execute("COMMIT")
+    return columns
+
+
+def fold_image(conn: sqlite3.Connection, job: _Job) -> list[str]:
+    """The job's image checked against its model (as a restore checks it), brought up
+    to the model and its journal replayed: the image then holds the table to load, in
+    the model's columns (returned)."""
+    conn.execute("PRAGMA journal_mode = OFF")
+    _plan(conn, job, "main")
+    return replay(conn, job.model, job.deltas)
+
+
 def materialize(model: ModelType, stack: ExitStack) -> tuple[Any, int, int, str] | None:
     """The stored snapshot with its journal replayed, as a table in a scratch file.
 
@@ -627,27 +678,9 @@ def materialize(model: ModelType, stack: ExitStack) -> tuple[Any, int, int, str]
     if not deltas:
         return None
     q = store.quote(model._meta.db_table)
-    connection = connections[memdb_settings.ALIAS]
-    fill = column_defaults(model)
     with closing(sqlite3.connect(path, isolation_level=None)) as conn:
         conn.execute("PRAGMA journal_mode = OFF")
-        stored = [row[1] for row in conn.execute(f"PRAGMA table_info({q})")]
-        # Fold into the model's columns as they are now: a field added since the
-        # snapshot gets its column (and default), so deltas that have it keep it.
-        for f in model._meta.local_concrete_fields:
-            if f.column and f.column not in stored:
-                conn.execute(
-                    f"ALTER TABLE {q} ADD COLUMN {store.quote(f.column)} "
-                    f"{f.db_type(connection) or ''}"
-                )
-                if f.column in fill:
-                    conn.execute(f"UPDATE {q} SET {store.quote(f.column)} = ?", (fill[f.column],))
-        columns = [f.column for f in model._meta.local_concrete_fields if f.column]
-        conn.execute(f"CREATE INDEX memdb_fold_key ON {q} ({store.quote(column)})")
-        conn.execute("BEGIN")
-        for _, _, payload in deltas:
-            apply_delta(conn, f"main.{q}", columns, fill, payload, label)
-        conn.execute("COMMIT")
+        replay(conn, model, deltas)
         rows = conn.execute(f"SELECT count(*) FROM {q}").fetchone()[0]
     generation, expected = deltas[-1][0], deltas[-1][1]
     if rows != expected:

@@ -166,9 +166,7 @@ def _running(pid: int) -> bool:
     return True
 
 
-def read_image(
-    conn: sqlite3.Connection, table: str, path: str, gate: store.Gate
-) -> tuple[int, int]:
+def read_image(conn: Any, model: ModelType, path: str, gate: store.Gate) -> tuple[int, int]:
     """``(seq, rows)``: write the table as of one instant into ``path``, a SQLite file.
 
     ``seq`` is read just before the copy: a write between the two makes the snapshot
@@ -178,6 +176,11 @@ def read_image(
     the copy holds its lock, so back-to-back writers cannot starve it. The scratch file
     needs no journal: a crash leaves nothing to recover there.
     """
+    if getattr(conn, "kind", None) == "server":
+        from . import server
+
+        return server.read_image(model, path)
+    table = model._meta.db_table
     q = store.quote(table)
     conn.execute(f"ATTACH DATABASE ? AS {SNAP_SCHEMA}", (path,))
     try:
@@ -244,16 +247,20 @@ def spool_model(
         )
     store.ensure_ready()
     state = store.current_state()
-    with contextlib.ExitStack() as stack:
-        conn = stack.enter_context(store.raw_connection(state.name))
-        table_state = stack.enter_context(store.claim(state, label, wait=wait))
-        if table_state.restore_error and not force:
-            raise ProtectedTableError(
-                f"{label} is not spooled: its stored snapshot failed to restore "
-                f"({table_state.restore_error}); restore it or discard it first, or spool "
-                f"with force to overwrite it"
-            )
-        result = _spool_claimed(model, state, table_state, conn, stack, force=force, whole=whole)
+
+    def spool() -> SpoolResult:
+        with contextlib.ExitStack() as stack:
+            conn = stack.enter_context(store.raw_connection(state.name))
+            table_state = stack.enter_context(store.claim(state, label, wait=wait))
+            if table_state.restore_error and not force:
+                raise ProtectedTableError(
+                    f"{label} is not spooled: its stored snapshot failed to restore "
+                    f"({table_state.restore_error}); restore it or discard it first, or "
+                    f"spool with force to overwrite it"
+                )
+            return _spool_claimed(model, state, table_state, conn, stack, force=force, whole=whole)
+
+    result = store.restored_if_lost(state, spool)
     if not result.unchanged:
         signals.post_spool.send(sender=model, label=label, result=result)
     return result
@@ -303,7 +310,7 @@ def _spool_claimed(
                 stream, fmt = io.BytesIO(payload), compat.FORMAT
             else:
                 path = stack.enter_context(scratch_file("spool"))
-                seq, rows = read_image(conn, model._meta.db_table, path, state.gate)
+                seq, rows = read_image(conn, model, path, state.gate)
                 stream = stack.enter_context(open(path, "rb"))
                 processors, fmt = [], SNAPSHOT_FORMAT
             _lead(state, label, table_state)

@@ -183,13 +183,18 @@ META_TABLE = "memdb_meta"
 _state_conns = threading.local()
 
 
-def state_connection(state: StoreState) -> sqlite3.Connection:
-    """This thread's connection to a ``host`` store's state database.
+def state_connection(state: StoreState) -> Any:
+    """This thread's connection to a ``host`` store's state database (a ``server``
+    store's state is on the server: its private connection).
 
     The state lives in a database of its own beside the store's file, so recording a
     spool never waits for the writers of the tables (SQLite has one writer at a time
     per database), and a spool's reads of the tables never wait either (WAL).
     """
+    if state.kind == "server":
+        from . import server
+
+        return server.conn()
     conns: dict[str, sqlite3.Connection] = _state_conns.__dict__.setdefault("conns", {})
     conn = conns.get(state.name)
     if conn is None:
@@ -261,6 +266,11 @@ class Busy(Exception):
     """Another process leads the table's spool right now (``claim(wait=False)``)."""
 
 
+class StoreLost(Exception):
+    """The server emptied a ``server`` store's tables (a crash, a restart) since this
+    process opened it: they must be restored before anything is spooled."""
+
+
 @dataclass
 class StoreState:
     """One memory database (one NAME) as this process sees it."""
@@ -285,7 +295,8 @@ class StoreState:
 
     @property
     def kind(self) -> str:
-        """``process`` (a shared-cache memory database) or ``host`` (a file)."""
+        """``process`` (a shared-cache memory database), ``host`` (a file) or
+        ``server`` (tables on the PostgreSQL server)."""
         return store_kind(self.name)
 
     @property
@@ -313,8 +324,20 @@ class StoreState:
 
 
 def store_kind(name: str) -> str:
-    """The store a memory database NAME is: ``process`` or ``host``."""
+    """The store a state name (``state_name``) is: ``process``, ``host`` or ``server``."""
+    if name.startswith("server:"):
+        return "server"
     return "process" if "mode=memory" in name else "host"
+
+
+def state_name(settings_dict: dict[str, Any]) -> str:
+    """The name of the store of a memory alias's settings: its SQLite NAME, or the
+    server and database of a ``server`` store."""
+    from . import SERVER_ENGINES, server
+
+    if settings_dict.get("ENGINE") in SERVER_ENGINES.values():
+        return server.state_name(settings_dict)
+    return str(settings_dict["NAME"])
 
 
 def host_path(name: str) -> str:
@@ -345,12 +368,27 @@ def _file_lock(path: str, *, wait: bool) -> Iterator[None]:
 
 
 @contextmanager
+def _process_lock(state: StoreState, name: str, *, wait: bool) -> Iterator[None]:
+    """One process of a shared store at a time: a file lock beside a ``host`` store's
+    file, an advisory lock on a ``server`` store's server (``Busy`` if not ``wait``)."""
+    if state.kind == "server":
+        from . import server
+
+        with server.advisory_lock(state, name, wait=wait):
+            yield
+        return
+    with _file_lock(os.path.join(aux_dir(state.name), f"{name}.lock"), wait=wait):
+        yield
+
+
+@contextmanager
 def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[TableState]:
     """Lead ``label``'s spools and restores in this store, and hold its state.
 
     One thread of this process at a time (a thread lock, always waited for) and, in a
-    ``host`` store, one process of the host (a file lock; ``wait=False`` raises
-    ``Busy`` instead of waiting while another process leads). There the table's
+    shared store, one process of all that share it (a file lock on the host, an
+    advisory lock on the server; ``wait=False`` raises ``Busy`` instead of waiting
+    while another process leads). There the table's
     ``TableState`` is read from the store's state database once the locks are held
     and written back at the end, even after an error. A spool also records itself as
     ``pending`` before it stores anything, so if this process dies before the end, the
@@ -360,10 +398,12 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
         if not state.shared:
             yield state.table(label)
             return
-        stack.enter_context(
-            _file_lock(os.path.join(aux_dir(state.name), f"{label}.lock"), wait=wait)
-        )
-        if state.store_id is not None and get_meta(state).get("store") != state.store_id:
+        stack.enter_context(_process_lock(state, label, wait=wait))
+        if state.kind == "server":
+            from . import server
+
+            server.check(state, label)
+        elif state.store_id is not None and get_meta(state).get("store") != state.store_id:
             from .exceptions import MemdbError
 
             raise MemdbError(
@@ -380,23 +420,37 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
             save_table(state, label, table)
 
 
+def restored_if_lost(state: StoreState, action: Callable[[], T]) -> T:
+    """Run ``action`` (which claims tables); if the server lost the store meanwhile
+    (``StoreLost``), restore the store first (``server.recover``), then run it again."""
+    try:
+        return action()
+    except StoreLost as exc:
+        from . import server
+
+        logger.warning("memdb: %s", exc)
+        server.recover(state)
+        return action()
+
+
 @contextmanager
 def compaction_lock(state: StoreState, label: str) -> Iterator[None]:
     """Held while one process compacts ``label``'s journal (``Busy`` if another does)."""
     if not state.shared:
         yield
         return
-    with _file_lock(os.path.join(aux_dir(state.name), f"{label}.compact.lock"), wait=False):
+    with _process_lock(state, f"{label}.compact", wait=False):
         yield
 
 
 @contextmanager
 def boot_lock(state: StoreState) -> Iterator[None]:
-    """Held while a store is built and restored: one process of the host at a time."""
+    """Held while a store is built and restored: one process of those sharing it at a
+    time."""
     if not state.shared:
         yield
         return
-    with _file_lock(os.path.join(aux_dir(state.name), "boot.lock"), wait=True):
+    with _process_lock(state, "boot", wait=True):
         yield
 
 
@@ -421,11 +475,23 @@ def used_in_this_process() -> bool:
 def current_name() -> str:
     from django.db import connections
 
-    return connections[memdb_settings.ALIAS].settings_dict["NAME"]
+    return state_name(connections[memdb_settings.ALIAS].settings_dict)
 
 
 def current_state() -> StoreState:
     return state_for(current_name())
+
+
+def image_connection() -> BaseDatabaseWrapper:
+    """The Django SQLite connection whose field values a snapshot image holds: the
+    memory alias's own, or for a ``server`` store one of no database."""
+    from django.db import connections
+
+    if current_state().kind == "server":
+        from . import server
+
+        return server.image_connection()
+    return connections[memdb_settings.ALIAS]
 
 
 def open_raw(name: str) -> sqlite3.Connection:
@@ -450,7 +516,7 @@ _raw = threading.local()
 
 
 @contextmanager
-def raw_connection(name: str | None = None) -> Iterator[sqlite3.Connection]:
+def raw_connection(name: str | None = None) -> Iterator[Any]:
     """A private connection to the memory database for spool and restore work.
 
     It is separate from Django's, so a snapshot sees committed data only and never
@@ -460,6 +526,11 @@ def raw_connection(name: str | None = None) -> Iterator[sqlite3.Connection]:
     """
     ensure_ready()
     name = name or current_name()
+    if store_kind(name) == "server":
+        from . import server
+
+        yield server.conn()
+        return
     idle: dict[str, sqlite3.Connection] = _raw.__dict__.setdefault("idle", {})
     conn = idle.pop(name, None) or open_raw(name)
     try:
@@ -489,7 +560,7 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
     ``host`` store the other processes of the host wait too (``boot_lock``), and only
     the first one after the store's file was made restores it.
     """
-    state = state_for(wrapper.settings_dict["NAME"])
+    state = state_for(state_name(wrapper.settings_dict))
     if state.ready:
         return
     with state.lock:
@@ -538,6 +609,10 @@ def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
     """
     if not state.shared:
         return True
+    if state.kind == "server":
+        from . import server
+
+        return server.prepare(state)
     raw = wrapper.connection
     raw.execute("PRAGMA journal_mode = WAL")
     meta = get_meta(state)
@@ -594,6 +669,11 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
     (and bring a kept ``host`` store's tables up to their models: ``_migrate_drifted``)."""
     from .registry import memory_models
 
+    if state_for(state_name(wrapper.settings_dict)).kind == "server":
+        from . import server
+
+        server.create_schema(wrapper)
+        return
     models = memory_models()
     _migrate_drifted(wrapper, models)
     # Creating a model creates its auto-created M2M tables too, hence two rounds.
@@ -641,8 +721,8 @@ def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> None:
     A new column that has no default cannot be filled: that table is left as it is,
     with an error in the log. The table's next spool stores it whole.
     """
-    state = state_for(wrapper.settings_dict["NAME"])
-    if not state.shared:
+    state = state_for(state_name(wrapper.settings_dict))
+    if state.kind != "host":
         return  # a process store is new: its tables are the models'
     with wrapper.cursor() as cursor:
         existing = set(wrapper.introspection.table_names(cursor))
@@ -854,7 +934,10 @@ def read_seq(
 ) -> int:
     """The change counter of ``table``; waits for a writer of that table only."""
     sql = f"SELECT seq FROM {quote(changes_table(table))}"
-    return int(retry_locked(lambda: conn.execute(sql).fetchone()[0], timeout, gate=gate))
+    row = retry_locked(lambda: conn.execute(sql).fetchone(), timeout, gate=gate)
+    # No counter: a server store's tables were emptied by the server (dirty, so the
+    # next spool finds out and restores them: ``StoreLost``).
+    return -1 if row is None else int(row[0])
 
 
 def is_dirty(
@@ -918,6 +1001,9 @@ def _after_fork_in_child() -> None:
     _states_lock = threading.Lock()
     _state_conns = threading.local()
     _raw = threading.local()
+    from . import server
+
+    server.forget_connections()
     for state in _states.values():
         if not state.shared:  # a copy of the parent's tables: its spools are not ours
             for table in state.tables.values():
@@ -925,7 +1011,7 @@ def _after_fork_in_child() -> None:
         state.lock = threading.RLock()
         state.locks = {}
         state.gate = Gate()
-        if state.shared:
+        if state.kind == "host":
             state.keeper = None
             if state.ready:
                 keep_alive(state.name)
@@ -933,7 +1019,10 @@ def _after_fork_in_child() -> None:
         from django.db import connections
 
         wrapper = connections[memdb_settings.ALIAS]
-        if wrapper.connection is not None and store_kind(wrapper.settings_dict["NAME"]) == "host":
+        if (
+            wrapper.connection is not None
+            and store_kind(state_name(wrapper.settings_dict)) != "process"
+        ):
             wrapper.connection = None  # the next query opens this process's own
     except Exception:  # noqa: BLE001 - Django not set up in this process: nothing to drop
         pass

@@ -146,4 +146,9 @@ if _env("MEMDB_TEST_STORE", "process") == "host":
         os.environ["MEMDB_TEST_HOST_DIR"], f"{os.getpid()}.sqlite3"
     )  # a child given its file makes no directory: nobody would remove it
 
+# MEMDB_TEST_STORE=server: the memory tables are UNLOGGED tables on the default
+# database's PostgreSQL server (MEMDB_TEST_DB=postgresql).
+if _env("MEMDB_TEST_STORE") == "server":
+    MEMDB["STORE"] = "server"
+
 memdb.configure(globals())

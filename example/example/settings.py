@@ -1,9 +1,11 @@
 """Settings of the example project: SQLite files, no server, memdb wired in at the end.
 
-Two environment variables exist for test runs (tests/live/run_schemathesis.py) and are
-unset normally: ``MEMDB_EXAMPLE_DB``, the path of the default SQLite database instead of
-``example/db.sqlite3``, and ``MEMDB_EXAMPLE_THROTTLE``, the rate of the "memdb" throttle
-scope instead of ``120/minute``.
+Environment variables exist for test runs (tests/live/run_schemathesis.py, the store
+tests) and are unset normally: ``MEMDB_EXAMPLE_DB``, the path of the default SQLite
+database instead of ``example/db.sqlite3``; ``MEMDB_EXAMPLE_PG_NAME``, a PostgreSQL
+database on 127.0.0.1 as the default database instead; ``MEMDB_EXAMPLE_THROTTLE``, the
+rate of the "memdb" throttle scope instead of ``120/minute``; ``MEMDB_EXAMPLE_STORE``
+and ``MEMDB_EXAMPLE_HOST_PATH`` (below).
 """
 
 import os
@@ -66,6 +68,13 @@ DATABASES = {
         "NAME": os.environ.get("MEMDB_EXAMPLE_DB") or BASE_DIR / "db.sqlite3",
     }
 }
+if os.environ.get("MEMDB_EXAMPLE_PG_NAME"):  # the server store's tests: PostgreSQL
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.postgresql",
+        "NAME": os.environ["MEMDB_EXAMPLE_PG_NAME"],
+        "HOST": os.environ.get("PGHOST", "127.0.0.1"),
+        "USER": os.environ.get("PGUSER", "postgres"),
+    }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"
 LANGUAGE_CODE = "en-us"
@@ -109,8 +118,9 @@ MEMDB = {
     "POLICY": "interval",
     "INTERVAL": 1.0,
     # "host" shares the memory tables between the workers of a server (gunicorn
-    # --workers 4) through a file in /dev/shm; the default, "process", gives each
-    # process its own. MEMDB_EXAMPLE_STORE and MEMDB_EXAMPLE_HOST_PATH exist for tests.
+    # --workers 4) through a file in /dev/shm, "server" between every process of every
+    # host on the default database's PostgreSQL server; the default, "process", gives
+    # each process its own. MEMDB_EXAMPLE_STORE and MEMDB_EXAMPLE_HOST_PATH exist for tests.
     "STORE": os.environ.get("MEMDB_EXAMPLE_STORE") or "process",
 }
 if os.environ.get("MEMDB_EXAMPLE_HOST_PATH"):

@@ -1,0 +1,71 @@
+"""``ENGINE: "memdb.backends.postgresql"``: the ``server`` store's memory alias.
+
+Django's PostgreSQL backend, on the default database's server, with what the server
+store adds (``memdb.server``):
+
+- tables are made ``UNLOGGED`` (no write-ahead log; the server empties them after a
+  crash, and memdb restores them from storage);
+- the first connection of a process builds the schema and, first of all processes,
+  restores the snapshots; every new connection checks that the server still has the
+  store, and restores it if it lost it;
+- writes to tables with the ``commit`` policy are spooled when they commit.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from django.db.backends.postgresql import base as pg_base
+from django.db.backends.postgresql.schema import DatabaseSchemaEditor as PGSchemaEditor
+
+from memdb import server, store
+
+
+class DatabaseSchemaEditor(PGSchemaEditor):
+    sql_create_table = "CREATE UNLOGGED TABLE %(table)s (%(definition)s)"
+
+
+class DatabaseWrapper(pg_base.DatabaseWrapper):
+    display_name = "PostgreSQL (memdb server store, UNLOGGED tables)"
+    SchemaEditorClass = DatabaseSchemaEditor
+
+    #: memdb's own connection (``memdb.server.private``): no write tracking, no checks.
+    memdb_private = False
+
+    def __init__(self, *args: Any, **kwargs: Any) -> None:
+        super().__init__(*args, **kwargs)
+        self.execute_wrappers.append(_track_writes)
+
+    def connect(self) -> None:
+        super().connect()
+        if self.memdb_private:
+            return
+        try:
+            state = store.state_for(store.state_name(self.settings_dict))
+            if state.ready and state.booting is None:
+                if server.current_id() != state.store_id:
+                    server.recover(state)
+            else:
+                store.bootstrap(self)
+        except BaseException:
+            self.close()
+            raise
+
+
+_WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+
+
+def _track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+    """After a statement that changed rows, spool ``commit``-policy tables once committed."""
+    result = execute(sql, params, many, context)
+    if sql.lstrip()[:8].upper().startswith(_WRITES) and context["cursor"].rowcount != 0:
+        from memdb import policies
+
+        wrapper = context["connection"]
+        if not policies.tables_with_policy("commit"):
+            pass
+        elif wrapper.in_atomic_block:
+            policies.spool_on_commit(wrapper)
+        else:
+            policies.spool_committed()
+    return result

@@ -1,0 +1,578 @@
+"""The server store (``MEMDB["STORE"] = "server"``): UNLOGGED tables on the PostgreSQL
+server that every process of every host shares.
+
+Every test here runs its processes as real children pointed at a fresh PostgreSQL
+database (``default_db``), each on the server store, whatever store the suite itself
+runs on; they run when the suite's default database is PostgreSQL
+(``MEMDB_TEST_DB=postgresql``, as ``.ci/run`` runs it). A server that lost the tables is
+made the way a crash leaves them: every UNLOGGED table emptied (``lose_server``).
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.request
+from pathlib import Path
+from typing import Any
+
+import pytest
+from django.core import checks as django_checks
+from django.test.utils import override_settings
+
+from memdb import checks as memdb_checks
+from tests.children import (
+    PRELUDE,
+    ROOT,
+    TIMEOUT,
+    _server_connection,
+    check_quiet,
+    child_env,
+    example_env,
+    finish_together,
+    last_json,
+    run,
+    run_process,
+    start_gunicorn,
+    start_together,
+)
+from tests.live.run_schemathesis import SETUP, manage
+
+ON_POSTGRESQL = os.environ.get("MEMDB_TEST_DB", "sqlite") == "postgresql"
+needs_postgresql = pytest.mark.skipif(
+    not ON_POSTGRESQL, reason="the server store runs on PostgreSQL (MEMDB_TEST_DB=postgresql)"
+)
+
+
+def server_env(default_db: str, **overrides: str) -> dict[str, str]:
+    """A child on the server store of ``default_db`` (every such child shares it)."""
+    return child_env(default_db, MEMDB_TEST_STORE="server", **overrides)
+
+
+def database(name: str) -> Any:
+    """An autocommit psycopg connection to the children's database ``name``."""
+    import psycopg
+
+    admin = _server_connection("postgresql")
+    try:
+        params = {k: v for k, v in admin.info.get_parameters().items() if k != "dbname"}
+    finally:
+        admin.close()
+    return psycopg.connect(**params, dbname=name, autocommit=True)
+
+
+def lose_server(name: str) -> list[str]:
+    """What a crash of the server does to UNLOGGED tables: all of them emptied (their
+    sequences too). Returns their names."""
+    with database(name) as conn:
+        tables = [
+            row[0]
+            for row in conn.execute(
+                "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'r'"
+            )
+        ]
+        conn.execute(f"TRUNCATE {', '.join(f'{chr(34)}{t}{chr(34)}' for t in tables)}")
+        for (sequence,) in conn.execute(
+            "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'S'"
+        ).fetchall():
+            conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
+    return tables
+
+
+def stored_generation(name: str, label: str) -> tuple[int, int]:
+    """(latest generation, its row count) of ``label`` in storage."""
+    app, model = label.split(".")
+    with database(name) as conn:
+        row = conn.execute(
+            "SELECT generation, row_count FROM memdb_persistentstorage WHERE app_label = %s "
+            "AND model_name = %s ORDER BY generation DESC LIMIT 1",
+            (app, model),
+        ).fetchone()
+    return row
+
+
+SCORE_INFO = """
+(info,) = api.tables("testapp.Score")
+report(rows=rows(Score), store=info.store, warning=info.warning, leader=info.leader,
+       generation=info.generation, dirty=info.dirty, restore_state=info.restore_state,
+       pid=os.getpid(), hits=Hit.objects.count())
+"""
+
+
+@needs_postgresql
+def test_the_tables_are_unlogged_and_shared_by_every_process(default_db: str) -> None:
+    """What one process writes, the next reads, memory-only tables included, without a
+    spool or a restore; a spool by the second builds on the first one's."""
+    env = server_env(default_db)
+    first = run(
+        "Score.objects.create(player='a', points=1)\n"
+        "api.spool('testapp.Score')\n"
+        "Score.objects.create(player='b', points=2)\n"
+        "Hit.objects.create(path='/')\n" + SCORE_INFO,
+        env,
+        migrate=True,
+    )
+    assert (first["store"], first["warning"], first["generation"]) == ("server", None, 1)
+    second = run(SCORE_INFO, env)
+    assert second["rows"] == [[1, "a", 1], [2, "b", 2]], "the unspooled row is there too"
+    assert (second["hits"], second["dirty"], second["restore_state"]) == (1, True, "none")
+    assert second["leader"] == f"{os.uname().nodename}:{first['pid']}"
+    spooled = run("(r,) = api.spool('testapp.Score')\nreport(generation=r.generation)\n", env)
+    assert spooled["generation"] == 2
+    with database(default_db) as conn:
+        persistence = dict(
+            conn.execute(
+                "SELECT relname, relpersistence FROM pg_class WHERE relname IN "
+                "('testapp_score', 'testapp_hit', 'memdb_persistentstorage')"
+            ).fetchall()
+        )
+    assert persistence == {
+        "testapp_score": "u",
+        "testapp_hit": "u",
+        "memdb_persistentstorage": "p",
+    }
+
+
+HOST = """
+import sys
+role = sys.argv[1] if len(sys.argv) > 1 else ""
+sys.stdin.readline()
+if {writer!r}:
+    Score.objects.bulk_create(Score(player=f"h-{{i}}", points=i) for i in range(50))
+    Hit.objects.create(path="/from-the-first-host")
+    report(wrote=50)
+else:
+    report(rows=len(rows(Score)), hits=list(Hit.objects.values_list("path", flat=True)))
+sys.stdin.readline()
+"""
+
+
+@needs_postgresql
+def test_two_hosts_see_the_same_rows(default_db: str) -> None:
+    """Two process groups, as two hosts would run them, both up at once: what the
+    first writes (no spool), the second reads at once."""
+    env = server_env(default_db)
+    run("report(ok=True)\n", env, migrate=True)
+    hosts = [
+        subprocess.Popen(
+            [sys.executable, "-c", PRELUDE + HOST.format(writer=writer)],
+            cwd=ROOT,
+            env=env,
+            stdin=subprocess.PIPE,
+            stdout=subprocess.PIPE,
+            stderr=subprocess.PIPE,
+            text=True,
+            start_new_session=True,  # a process group of its own
+        )
+        for writer in (True, False)
+    ]
+    try:
+        writer, reader = hosts
+        assert os.getpgid(writer.pid) != os.getpgid(reader.pid)
+        for host in hosts:  # both start, and open the store
+            assert host.stdin is not None
+        answers = []
+        for host in hosts:
+            assert host.stdin is not None and host.stdout is not None
+            host.stdin.write("go\n")
+            host.stdin.flush()
+            answers.append(json.loads(host.stdout.readline()))
+        assert answers == [{"wrote": 50}, {"rows": 50, "hits": ["/from-the-first-host"]}]
+        for host in hosts:
+            out, err = host.communicate("done\n", timeout=TIMEOUT)
+            assert host.returncode == 0, err
+            check_quiet(err)
+    finally:
+        for host in hosts:
+            if host.poll() is None:
+                host.kill()
+                host.wait()
+
+
+LIVE = """
+Score.objects.create(player="a", points=1)
+Score.objects.create(player="b", points=2)
+api.spool("testapp.Score")
+report(ready=True)
+sys.stdin.readline()  # the server loses the tables meanwhile
+from django.db import connections
+connections.close_all()
+seen_first = rows(Score)
+results = api.spool("testapp.Score")
+(info,) = api.tables("testapp.Score")
+created = Score.objects.create(player="c", points=3)
+report(seen_first=seen_first, spooled=[r.generation for r in results],
+       unchanged=[r.unchanged for r in results], rows=rows(Score),
+       restore_state=info.restore_state)
+"""
+
+
+@needs_postgresql
+def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
+    default_db: str,
+) -> None:
+    """A crash empties the UNLOGGED tables under a running process: its next connection
+    notices and restores them from storage, before anything is spooled; storage keeps
+    the snapshot, and new rows get new keys (the sequences are set past them)."""
+    env = server_env(default_db)
+    run("report(ok=True)\n", env, migrate=True)
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + LIVE],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None and proc.stdin is not None
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        assert stored_generation(default_db, "testapp.Score") == (1, 2)
+        assert "testapp_score" in lose_server(default_db)
+        out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    result = last_json(out)
+    assert result["seen_first"] == [[1, "a", 1], [2, "b", 2]]
+    assert result["unchanged"] == [True], "the restored table was not spooled again"
+    assert result["rows"] == [[1, "a", 1], [2, "b", 2], [3, "c", 3]]
+    assert result["restore_state"] == "ok"
+    assert "the server lost the memory tables; restoring them" in err
+    assert stored_generation(default_db, "testapp.Score") == (1, 2)
+
+
+@needs_postgresql
+def test_a_spool_that_finds_the_tables_lost_restores_them_first(default_db: str) -> None:
+    """The loss is noticed by a spool on a connection opened before it (the interval
+    spooler's): the emptied table is not stored over its snapshot, it is restored."""
+    env = server_env(default_db)
+    run("report(ok=True)\n", env, migrate=True)
+    source = (
+        "Score.objects.create(player='a', points=1)\n"
+        "api.spool('testapp.Score')\n"
+        "report(ready=True)\n"
+        "sys.stdin.readline()\n"
+        "try:\n"
+        "    api.spool('testapp.Score')\n"
+        "    outcome = 'spooled'\n"
+        "except Exception as exc:\n"
+        "    outcome = repr(exc)\n"
+        "report(outcome=outcome, rows=rows(Score))\n"
+    )
+    proc = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + source],
+        cwd=ROOT,
+        env=env,
+        stdin=subprocess.PIPE,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert proc.stdout is not None
+        assert json.loads(proc.stdout.readline()) == {"ready": True}
+        lose_server(default_db)
+        out, err = proc.communicate("go\n", timeout=TIMEOUT)
+    finally:
+        if proc.poll() is None:
+            proc.kill()
+    assert proc.returncode == 0, err
+    assert last_json(out) == {"outcome": "spooled", "rows": [[1, "a", 1]]}
+    assert stored_generation(default_db, "testapp.Score") == (1, 1)
+
+
+BOOT_RACE = """
+from memdb import signals
+restored = []
+signals.post_restore.connect(lambda sender, **kw: restored.append(kw["label"]), weak=False)
+sys.stdin.readline()  # all start at once
+report(rows=len(rows(Score)), restored=restored)
+"""
+
+
+@needs_postgresql
+def test_one_process_restores_a_lost_store_the_others_wait(default_db: str) -> None:
+    """Four processes start at once on a server that lost the tables: one restores
+    them, the others wait for it and find the rows."""
+    env = server_env(default_db)
+    run(
+        "Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(500))\n"
+        "api.spool('testapp.Score')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    lose_server(default_db)
+    reports = finish_together(start_together([BOOT_RACE] * 4, env))
+    assert [r["rows"] for r in reports] == [500] * 4
+    assert sorted(len(r["restored"]) for r in reports) == [0, 0, 0, 1], reports
+
+
+KILLED_LEADER = """
+import signal
+from memdb import spooler
+Score.objects.create(player="a", points=1)
+api.spool("testapp.Score")
+Score.objects.create(player="b", points=2)
+real = spooler.write_snapshot
+def die(*args, **kwargs):
+    if {after!r}:
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+spooler.write_snapshot = die
+api.spool("testapp.Score", force=True)
+"""
+
+
+@needs_postgresql
+@pytest.mark.parametrize("after", [False, True], ids=["before-storing", "after-storing"])
+def test_another_process_takes_over_from_a_leader_killed_mid_spool(
+    default_db: str, after: bool
+) -> None:
+    """The leader of a spool is SIGKILLed before or after its snapshot is stored: the
+    server drops its advisory lock with its session, and the next process's spool
+    neither waits, nor conflicts, nor loses a row."""
+    env = server_env(default_db)
+    killed = run_process(
+        PRELUDE + "call_command('migrate', verbosity=0)\n" + KILLED_LEADER.format(after=after), env
+    )
+    assert killed.returncode == -signal.SIGKILL, killed.stderr
+    started = time.monotonic()
+    taken = run_process(
+        PRELUDE + "Score.objects.create(player='c', points=3)\n"
+        "(r,) = api.spool('testapp.Score')\nreport(generation=r.generation)\n",
+        env,
+    )
+    assert taken.returncode == 0, taken.stderr
+    assert time.monotonic() - started < TIMEOUT / 2
+    assert last_json(taken.stdout)["generation"] == (3 if after else 2)
+    assert ("taken over" in taken.stderr) is after, taken.stderr
+    lose_server(default_db)
+    restored = run(SCORE_INFO, env)
+    assert restored["rows"] == [[1, "a", 1], [2, "b", 2], [3, "c", 3]]
+
+
+LEADER_BUSY = """
+import threading
+from memdb import server, store
+IntervalScore.objects.create(player="x", points=1)
+held, release = threading.Event(), threading.Event()
+def lead():  # another process leading the spool: its own session holds the lock
+    with server.advisory_lock(store.current_state(), "testapp.IntervalScore", wait=True):
+        held.set()
+        release.wait()
+threading.Thread(target=lead).start()
+held.wait()
+skipped = api.flush(policy="interval", skip_busy=True)
+threading.Timer(0.5, release.set).start()
+started = time.monotonic()
+waited = api.flush(policy="interval")
+report(skipped=[r.label for r in skipped], waited=[r.label for r in waited],
+       seconds=time.monotonic() - started)
+"""
+
+
+@needs_postgresql
+def test_the_interval_spooler_leaves_a_table_another_process_spools(default_db: str) -> None:
+    """An interval tick skips a table whose advisory lock another session holds; a
+    spool asked for (a flush without skip_busy) waits for it instead."""
+    env = server_env(default_db, MEMDB_TEST_INTERVAL="60")
+    result = run(LEADER_BUSY, env, migrate=True)
+    assert result["skipped"] == []
+    assert result["waited"] == ["testapp.IntervalScore"] and result["seconds"] >= 0.4
+
+
+COMMIT_WRITER = """
+sys.stdin.readline()
+for i in range({count}):
+    CommitScore.objects.create(player="w{number}-" + str(i), points=i)
+report(done={count})
+"""
+
+
+@needs_postgresql
+def test_commit_writes_of_four_processes_at_once_all_survive(default_db: str) -> None:
+    """Four processes write ``commit`` rows at once, each stored as a journal delta
+    before its call returns; after the server lost the tables, every row comes back."""
+    env = server_env(default_db, MEMDB_TEST_POLICY="commit")
+    run("report(ok=True)\n", env, migrate=True)
+    count = 40
+    sources = [COMMIT_WRITER.format(count=count, number=n) for n in range(4)]
+    reports = finish_together(start_together(sources, env))
+    assert reports == [{"done": count}] * 4
+    with database(default_db) as conn:
+        kinds = dict(
+            conn.execute(
+                "SELECT kind, count(*) FROM memdb_persistentstorage WHERE model_name = "
+                "'CommitScore' GROUP BY kind"
+            ).fetchall()
+        )
+    assert kinds.get("delta", 0) > 0, kinds
+    lose_server(default_db)
+    restored = run(
+        "report(players=sorted(CommitScore.objects.values_list('player', flat=True)))\n", env
+    )
+    assert restored["players"] == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
+
+
+TRUNCATED = """
+from django.db import connections
+CommitScore.objects.create(player="a", points=1)
+CommitScore.objects.create(player="b", points=2)
+with connections["memdb"].cursor() as cursor:
+    cursor.execute("TRUNCATE testapp_commitscore")
+api.flush()
+CommitScore.objects.create(player="c", points=3)
+kinds = list(PersistentStorage.objects.filter(model_name="CommitScore")
+             .order_by("generation").values_list("kind", flat=True))
+report(kinds=kinds)
+"""
+
+
+@needs_postgresql
+def test_a_truncate_is_stored_as_a_whole_snapshot(default_db: str) -> None:
+    """TRUNCATE names no rows for a delta: the next spool stores the whole table, and
+    deltas follow it again."""
+    env = server_env(default_db, MEMDB_TEST_POLICY="commit")
+    result = run(TRUNCATED, env, migrate=True)
+    assert result["kinds"][-2:] == ["snapshot", "delta"], result
+    lose_server(default_db)
+    restored = run(
+        "report(players=list(CommitScore.objects.order_by('pk')"
+        ".values_list('player', flat=True)))\n",
+        env,
+    )
+    assert restored["players"] == ["c"]
+
+
+CODECS = """
+from django.db import models as m
+Score.objects.bulk_create(Score(player="é" * (i % 7), points=i) for i in range(300))
+(r,) = api.spool("testapp.Score")
+report(codecs=list(PersistentStorage.objects.get(model_name="Score").codecs))
+"""
+
+
+@needs_postgresql
+def test_codecs_and_every_field_type_round_trip_through_the_server(default_db: str) -> None:
+    """Snapshots of the server store are the same SQLite images as the other stores',
+    through any codec chain: stored with zlib and fernet, restored after a loss."""
+    from cryptography.fernet import Fernet
+
+    env = server_env(
+        default_db,
+        MEMDB_TEST_CODECS="zlib,fernet",
+        MEMDB_TEST_FERNET_KEYS=Fernet.generate_key().decode(),
+    )
+    assert run(CODECS, env, migrate=True)["codecs"] == ["zlib", "fernet"]
+    lose_server(default_db)
+    restored = run(
+        "report(n=Score.objects.count(), s=sum(Score.objects.values_list('points', flat=True)))\n",
+        env,
+    )
+    assert restored == {"n": 300, "s": sum(range(300))}
+
+
+# -- checks -------------------------------------------------------------------------
+
+
+@pytest.mark.django_db(databases=[])
+@pytest.mark.filterwarnings("ignore:Overriding setting DATABASES")
+def test_check_names_a_server_store_without_a_server() -> None:
+    """``STORE = "server"`` with an alias that is not a server engine (a SQLite
+    default database: ``configure`` adds no alias for it) is an error that says why."""
+    from django.conf import settings
+
+    sqlite = {"memdb": {**settings.DATABASES["memdb"], "ENGINE": "memdb.backends.sqlite3"}}
+    overrides = {
+        "MEMDB": {**settings.MEMDB, "STORE": "server"},
+        "DATABASES": {**settings.DATABASES, **sqlite},
+    }
+    with override_settings(**overrides):
+        messages = [m for m in memdb_checks.check_settings() if m.id == "memdb.E013"]
+    (error,) = messages
+    assert isinstance(error, django_checks.Error)
+    assert "not a server store engine" in error.msg and "PostgreSQL" in (error.hint or "")
+
+
+def test_configure_puts_a_server_store_on_the_default_database() -> None:
+    import memdb
+
+    settings: dict[str, Any] = {
+        "MEMDB": {"STORE": "server"},
+        "DATABASES": {
+            "default": {"ENGINE": "django.db.backends.postgresql", "NAME": "app", "HOST": "db"}
+        },
+    }
+    memdb.configure(settings)
+    assert settings["DATABASES"]["memdb"] == {
+        "ENGINE": "memdb.backends.postgresql",
+        "NAME": "app",
+        "HOST": "db",
+        "TEST": {"MIGRATE": False, "MIRROR": "default"},
+    }
+    sqlite: dict[str, Any] = {
+        "MEMDB": {"STORE": "server"},
+        "DATABASES": {"default": {"ENGINE": "django.db.backends.sqlite3", "NAME": "x"}},
+    }
+    memdb.configure(sqlite)
+    assert "memdb" not in sqlite["DATABASES"], "E013 says why"
+
+
+# -- gunicorn ------------------------------------------------------------------------
+
+
+@needs_postgresql
+def test_gunicorn_workers_read_back_each_others_writes(tmp_path: Path, default_db: str) -> None:
+    """The example on the server store, served by gunicorn with 4 workers: each request
+    on a new connection counts a hit, and every answer shows every hit so far, whichever
+    worker wrote it; no worker warns."""
+    env = example_env(tmp_path, MEMDB_EXAMPLE_STORE="server", MEMDB_EXAMPLE_PG_NAME=default_db)
+    manage(env, "migrate", "--noinput")
+    token = manage(env, "shell", "-c", SETUP).strip().splitlines()[-1]
+    log = tmp_path / "gunicorn.log"
+    server, port = start_gunicorn(
+        env, log, "--access-logfile", "-", "--access-logformat", "served-by %(p)s %(r)s"
+    )
+    base = f"http://127.0.0.1:{port}"
+
+    def tables_request() -> urllib.request.Request:
+        return urllib.request.Request(
+            base + "/memdb/tables", headers={"Authorization": f"Token {token}"}
+        )
+
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            assert server.poll() is None, log.read_text()
+            try:
+                with urllib.request.urlopen(tables_request(), timeout=10) as response:
+                    start = {t["label"]: t for t in json.load(response)}["shop.Hit"]["rows"]
+            except OSError:
+                assert time.monotonic() < deadline, log.read_text()
+                time.sleep(0.2)
+                continue
+            break
+        counts = []
+        for _ in range(24):
+            urllib.request.urlopen(base + "/", timeout=10).close()  # one Hit
+            with urllib.request.urlopen(tables_request(), timeout=10) as response:
+                tables = {t["label"]: t for t in json.load(response)}
+            assert tables["shop.Hit"]["store"] == "server"
+            assert tables["shop.Hit"]["warning"] is None
+            assert tables["shop.Score"]["rows"] == 3
+            counts.append(tables["shop.Hit"]["rows"] - start)
+        assert counts == list(range(1, 25)), counts
+    finally:
+        server.send_signal(signal.SIGTERM)
+        server.wait(timeout=30)
+    text = log.read_text()
+    pids = {line.split()[1] for line in text.splitlines() if line.startswith("served-by ")}
+    assert len(pids) >= 2, f"one worker served every request:\n{text}"
+    assert "worker processes" not in text, text
