@@ -29,7 +29,10 @@ PROCESS_DECODE = "decode"
 ENGINE = "memdb.backends.sqlite3"
 ROUTER = "memdb.router.MemDBRouter"
 #: The engine of the ``server`` store's alias for each default database engine.
-SERVER_ENGINES = {"django.db.backends.postgresql": "memdb.backends.postgresql"}
+SERVER_ENGINES = {
+    "django.db.backends.postgresql": "memdb.backends.postgresql",
+    "django.db.backends.mysql": "memdb.backends.mysql",
+}
 
 
 def memory_database_name(alias: str) -> str:

@@ -68,8 +68,9 @@ class TableInfo:
     #: "ok" (restored in this store), "failed", or "none" (nothing restored).
     restore_state: str
     restore_error: str | None
-    #: Where the table lives: "process" (a memory database private to this process) or
-    #: "host" (a file shared by the host's workers).
+    #: Where the table lives: "process" (a memory database private to this process),
+    #: "host" (a file shared by the host's workers) or "server" (tables on the default
+    #: database's server, shared by every host).
     store: str
     #: Set when this process looks like one of several workers of a "process" store:
     #: each has its own copy.

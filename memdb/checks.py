@@ -27,6 +27,7 @@ E013 = "memdb.E013"  # MEMDB["STORE"] is not a store
 W001 = "memdb.W001"  # unknown key in MEMDB
 W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
 W003 = "memdb.W003"  # the host store's file is not on a RAM-backed file system
+W004 = "memdb.W004"  # a field a MariaDB MEMORY table cannot hold (the table is kept in InnoDB)
 
 
 @checks.register("memdb")
@@ -237,7 +238,36 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
         codecs = getattr(model, "memdb_codecs", None)
         if codecs is not None:
             errors.extend(_codec_errors(f"{model._meta.label}.memdb_codecs", codecs, model))
+        errors.extend(_memory_engine_warnings(model))
     return errors
+
+
+def _memory_engine_warnings(model: Any) -> list[checks.CheckMessage]:
+    """On a MariaDB server store: each field a ``MEMORY`` table cannot hold."""
+    from django.db import connections
+
+    from . import SERVER_ENGINES
+    from .server import unfit_fields
+
+    alias = memdb_settings.ALIAS
+    database = settings.DATABASES.get(alias, {})
+    if memdb_settings.STORE != "server" or database.get("ENGINE") != SERVER_ENGINES.get(
+        "django.db.backends.mysql"
+    ):
+        return []
+    return [
+        checks.Warning(
+            f"{model._meta.label}.{f.name} ({type(f).__name__}) cannot live in a MariaDB "
+            f"MEMORY table, which holds no TEXT, BLOB or JSON column: the table "
+            f"{model._meta.db_table} is kept in InnoDB on the server instead (shared and "
+            "restored like the others, but written to disk).",
+            hint="Give it a bounded type (a CharField with max_length is a VARCHAR) to keep "
+            "the table in memory, or silence memdb.W004 if InnoDB suits it.",
+            obj=f,
+            id=W004,
+        )
+        for f in unfit_fields(model, connections[alias])
+    ]
 
 
 def _codec_errors(where: str, names: Any, obj: Any) -> list[checks.CheckMessage]:

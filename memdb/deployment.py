@@ -73,5 +73,5 @@ def process_store_warning() -> str | None:
         f"of every memory table, they do not see each other's writes, and spools of the "
         f"same table conflict. Serve with one process and threads (e.g. gunicorn "
         f"--workers 1 --threads 8), or use MEMDB['STORE'] = 'host'; see the README, "
-        f"'Stores: one process or one host'"
+        f"'Stores: one process, one host, or every host'"
     )

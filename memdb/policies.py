@@ -74,8 +74,13 @@ def spool_committed() -> None:
         # In a transaction managed by hand (set_autocommit(False)), the interval
         # spooler stores the table within INTERVAL seconds.
         return
-    raw = connections[memdb_settings.ALIAS].connection
+    wrapper = connections[memdb_settings.ALIAS]
+    raw = wrapper.connection
     state = store.current_state()
+    if raw is not None and state.kind == "server":
+        from .server import Conn
+
+        raw = Conn(wrapper)  # the store's SQL on this thread's connection
     if raw is None or not state.ready:
         flush(policy="commit", raise_errors=True)
         return

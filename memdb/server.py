@@ -29,7 +29,9 @@ What the SQLite stores do in SQLite, this module does on the server:
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
+import re
 import sqlite3
 import threading
 import time
@@ -79,16 +81,36 @@ def private() -> BaseDatabaseWrapper:
         wrapper = None
     if wrapper is None:
         wrapper = wrappers[alias] = connections.create_connection(alias)
+        with _opened_lock:
+            _opened.append(wrapper)
         wrapper.memdb_private = True  # type: ignore[attr-defined]
         wrapper.execute_wrappers.clear()  # its writes are memdb's, not the caller's
     wrapper.ensure_connection()
     return wrapper
 
 
+#: Every private connection opened in this process (``close_all``).
+_opened: list[BaseDatabaseWrapper] = []
+_opened_lock = threading.Lock()
+
+
 def forget_connections() -> None:
     """Drop this process's private connections (a forked child opens its own)."""
-    global _local
+    global _local, _opened_lock
     _local = threading.local()
+    _opened_lock = threading.Lock()
+    _opened.clear()
+
+
+def close_all() -> None:
+    """Close the private connections of every thread (the test runner, before it drops
+    its test database; their threads open new ones if they need them again)."""
+    with _opened_lock:
+        opened, _opened[:] = list(_opened), []
+    for wrapper in opened:
+        if wrapper.connection is not None:
+            with contextlib.suppress(Exception):
+                wrapper.connection.close()
 
 
 class Conn:
@@ -104,9 +126,25 @@ class Conn:
         self.wrapper = wrapper
 
     def execute(self, sql: str, params: Any = ()) -> Any:
+        sql = sql.replace("?", "%s")
+        if self.wrapper.vendor == "mysql":
+            sql = _upsert_for_mysql(sql)
         cursor = self.wrapper.cursor()
-        cursor.execute(sql.replace("?", "%s"), params)
+        cursor.execute(sql, params)
         return cursor
+
+
+_UPSERT = re.compile(r"ON CONFLICT \([^)]*\) DO UPDATE SET (.*)$", re.DOTALL)
+
+
+def _upsert_for_mysql(sql: str) -> str:
+    """SQLite's and PostgreSQL's ``ON CONFLICT ... DO UPDATE SET a = excluded.a`` in
+    MariaDB's words, ``ON DUPLICATE KEY UPDATE a = VALUES(a)``."""
+    match = _UPSERT.search(sql)
+    if match is None:
+        return sql
+    updates = re.sub(r"excluded\.(\w+)", r"VALUES(\1)", match.group(1))
+    return sql[: match.start()] + "ON DUPLICATE KEY UPDATE " + updates
 
 
 def conn() -> Conn:
@@ -117,14 +155,67 @@ def conn() -> Conn:
 def transaction(wrapper: BaseDatabaseWrapper, *, isolation: str = "") -> Iterator[Any]:
     """BEGIN ... COMMIT on the private connection (autocommit otherwise)."""
     cursor = wrapper.cursor()
-    cursor.execute(f"BEGIN{' ISOLATION LEVEL ' + isolation if isolation else ''}")
+    if wrapper.vendor == "mysql":
+        cursor.execute("START TRANSACTION")
+    else:
+        cursor.execute(f"BEGIN{' ISOLATION LEVEL ' + isolation if isolation else ''}")
     try:
         yield cursor
     except BaseException:
-        if wrapper.connection is not None and not wrapper.connection.closed:
-            cursor.execute("ROLLBACK")
+        if wrapper.connection is not None:
+            with contextlib.suppress(DatabaseError):
+                cursor.execute("ROLLBACK")
         raise
     cursor.execute("COMMIT")
+
+
+@contextmanager
+def consistent_read(wrapper: BaseDatabaseWrapper, tables: list[str]) -> Iterator[Any]:
+    """Reads of ``tables`` that see them at one instant.
+
+    PostgreSQL: one ``REPEATABLE READ`` transaction, which never blocks writers.
+    MariaDB's ``MEMORY`` tables have no transactions: the tables are locked for reading
+    (writers wait) until the block ends.
+    """
+    if wrapper.vendor != "mysql":
+        with transaction(wrapper, isolation="REPEATABLE READ, READ ONLY") as cursor:
+            yield cursor
+        return
+    cursor = wrapper.cursor()
+    cursor.execute("LOCK TABLES " + ", ".join(f"{_q(t)} READ" for t in tables))
+    try:
+        yield cursor
+    finally:
+        cursor.execute("UNLOCK TABLES")
+
+
+@contextmanager
+def exclusive(wrapper: BaseDatabaseWrapper, tables: list[str]) -> Iterator[Any]:
+    """Writes to ``tables`` that no other session's writes interleave with, tracking off.
+
+    PostgreSQL: one transaction holding ``EXCLUSIVE`` locks (readers go on), the
+    triggers told to stand aside for it alone (``memdb.restoring``). MariaDB: the
+    tables write-locked until the block ends (``MEMORY`` tables have no transactions:
+    an error half way leaves what was written so far).
+    """
+    if wrapper.vendor != "mysql":
+        with transaction(wrapper) as cursor:
+            cursor.execute("SET LOCAL memdb.restoring = 'on'")
+            names = ", ".join(_q(t) for t in tables)
+            cursor.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+            yield cursor
+            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+        return
+    cursor = wrapper.cursor()
+    cursor.execute("SET @memdb_restoring = 1")
+    try:
+        cursor.execute("LOCK TABLES " + ", ".join(f"{_q(t)} WRITE" for t in tables))
+        try:
+            yield cursor
+        finally:
+            cursor.execute("UNLOCK TABLES")
+    finally:
+        cursor.execute("SET @memdb_restoring = NULL")
 
 
 # -- locks -----------------------------------------------------------------------------
@@ -140,32 +231,29 @@ def advisory_lock(state: store.StoreState, name: str, *, wait: bool) -> Iterator
     """A session-level advisory lock on the private connection (``store.Busy`` if held
     and ``wait`` is false)."""
     key = _key(state, name)
-    cursor = private().cursor()
-    if wait:
-        cursor.execute("SELECT pg_advisory_lock(%s)", [key])
-    else:
-        cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+    wrapper = private()
+    cursor = wrapper.cursor()
+    if wrapper.vendor == "mysql":
+        # GET_LOCK names are strings of 64 characters at most; a year is "forever".
+        lock, unlock = "SELECT GET_LOCK(%s, %s)", "SELECT RELEASE_LOCK(%s)"
+        key_param: Any = f"memdb-{key & 0xFFFFFFFFFFFFFFFF:016x}"
+        cursor.execute(lock, [key_param, 31536000 if wait else 0])
         if not cursor.fetchone()[0]:
             raise store.Busy(name)
+    else:
+        unlock, key_param = "SELECT pg_advisory_unlock(%s)", key
+        if wait:
+            cursor.execute("SELECT pg_advisory_lock(%s)", [key])
+        else:
+            cursor.execute("SELECT pg_try_advisory_lock(%s)", [key])
+            if not cursor.fetchone()[0]:
+                raise store.Busy(name)
     try:
         yield
     finally:
-        wrapper = private()
         if wrapper.connection is not None:
-            wrapper.cursor().execute("SELECT pg_advisory_unlock(%s)", [key])
-
-
-def holder(state: store.StoreState, name: str) -> int | None:
-    """The server pid of the session holding the advisory lock ``name`` (tests)."""
-    key = _key(state, name)
-    cursor = private().cursor()
-    cursor.execute(
-        "SELECT pid FROM pg_locks WHERE locktype = 'advisory' AND granted "
-        "AND ((classid::bigint << 32) | objid::bigint) = %s",
-        [key & 0xFFFFFFFFFFFFFFFF],
-    )
-    row = cursor.fetchone()
-    return None if row is None else int(row[0])
+            with contextlib.suppress(DatabaseError):  # a lost session has dropped it
+                wrapper.cursor().execute(unlock, [key_param])
 
 
 # -- the store's own tables ------------------------------------------------------------
@@ -185,12 +273,17 @@ def prepare(state: store.StoreState) -> bool:
     tables (lost with them) starts clean.
     """
     cursor = private().cursor()
+    # MEMORY tables hold no TEXT: bounded VARCHARs there (a state is a few hundred bytes).
+    text, short, create = (
+        ("varchar(8000)", "varchar(191)", "CREATE TABLE IF NOT EXISTS")
+        if private().vendor == "mysql"
+        else ("text", "text", "CREATE UNLOGGED TABLE IF NOT EXISTS")
+    )
     for sql in (
-        f"CREATE UNLOGGED TABLE IF NOT EXISTS {STORE_TABLE} (id text NOT NULL)",
-        f"CREATE UNLOGGED TABLE IF NOT EXISTS {store.META_TABLE} "
-        f"(key text PRIMARY KEY, value text NOT NULL)",
-        f"CREATE UNLOGGED TABLE IF NOT EXISTS {store.STATE_TABLE} (label text PRIMARY KEY, "
-        f"spooled_seq bigint NOT NULL DEFAULT 0, data text NOT NULL DEFAULT '{{}}')",
+        f"{create} {STORE_TABLE} (id {short} NOT NULL)",
+        f'{create} {store.META_TABLE} ("key" {short} PRIMARY KEY, value {text} NOT NULL)',
+        f"{create} {store.STATE_TABLE} (label {short} PRIMARY KEY, "
+        f"spooled_seq bigint NOT NULL DEFAULT 0, data {text} NOT NULL DEFAULT '{{}}')",
     ):
         cursor.execute(sql)
     cursor.execute(f"SELECT id FROM {STORE_TABLE}")
@@ -258,23 +351,54 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
         if missing:
             with wrapper.schema_editor() as editor:
                 for model in missing:
-                    editor.create_model(model)
-    with wrapper.cursor() as cursor:
+                    if unfit_fields(model, wrapper):  # memdb.W004 names them
+                        with _engine(wrapper, "InnoDB"):
+                            editor.create_model(model)
+                    else:
+                        editor.create_model(model)
+    # One transaction on PostgreSQL (its DDL is transactional): the writers of other
+    # processes see the old tracking or the new, whole.
+    with transaction(private()) as cursor:
         for model in models:
             for sql in _tracking_sql(wrapper, model):
                 cursor.execute(sql)
 
 
+#: Column types a MariaDB ``MEMORY`` table cannot hold.
+_UNFIT = re.compile(r"text|blob|json", re.IGNORECASE)
+
+
+def unfit_fields(model: ModelType, wrapper: BaseDatabaseWrapper) -> list[Any]:
+    """The fields of ``model`` a MariaDB ``MEMORY`` table cannot hold (TEXT, BLOB,
+    JSON columns); none on PostgreSQL."""
+    if wrapper.vendor != "mysql":
+        return []
+    return [f for f in _fields(model) if _UNFIT.search(f.db_type(wrapper) or "")]
+
+
+@contextmanager
+def _engine(wrapper: BaseDatabaseWrapper, engine: str) -> Iterator[None]:
+    """Make the tables created in the block with ``engine`` (MariaDB)."""
+    with wrapper.cursor() as cursor:
+        cursor.execute(f"SET SESSION default_storage_engine = {engine}")
+    try:
+        yield
+    finally:
+        with wrapper.cursor() as cursor:
+            cursor.execute("SET SESSION default_storage_engine = MEMORY")
+
+
 def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
+    if wrapper.vendor == "mysql":
+        return _tracking_sql_mysql(wrapper, model)
     table = model._meta.db_table
     counter, column = _q(store.changes_table(table)), store.journal_column(model)
     journal = _q(store.journal_table(table))
     track, wipe = _q(f"memdb_track_{table}"), _q(f"memdb_wipe_{table}")
     statements = [
         f"CREATE UNLOGGED TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
-        f"rows bigint NOT NULL DEFAULT 0, whole boolean NOT NULL DEFAULT false)",
-        f"INSERT INTO {counter} (seq, rows) SELECT 0, (SELECT count(*) FROM {_q(table)}) "
-        f"WHERE NOT EXISTS (SELECT 1 FROM {counter})",
+        f'"rows" bigint NOT NULL DEFAULT 0, whole boolean NOT NULL DEFAULT false)',
+        _seed_counter(counter, table),
     ]
     upsert = {"NEW": "", "OLD": ""}
     if column is not None:
@@ -293,26 +417,88 @@ def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
         f"CREATE OR REPLACE FUNCTION {track}() RETURNS trigger LANGUAGE plpgsql AS $memdb$ "
         f"DECLARE s bigint; BEGIN {restoring} "
         f"IF TG_OP = 'INSERT' THEN "
-        f"UPDATE {counter} SET seq = seq + 1, rows = rows + 1 RETURNING seq INTO s; "
+        f'UPDATE {counter} SET seq = seq + 1, "rows" = "rows" + 1 RETURNING seq INTO s; '
         f"{upsert['NEW']} "
         f"ELSIF TG_OP = 'UPDATE' THEN "
         f"UPDATE {counter} SET seq = seq + 1 RETURNING seq INTO s; {upsert['OLD']} "
         f"{upsert['NEW']} "
-        f"ELSE UPDATE {counter} SET seq = seq + 1, rows = rows - 1 RETURNING seq INTO s; "
+        f'ELSE UPDATE {counter} SET seq = seq + 1, "rows" = "rows" - 1 RETURNING seq INTO s; '
         f"{upsert['OLD']} END IF; RETURN NULL; END $memdb$",
         # TRUNCATE names no rows: the next spool stores the whole table.
         f"CREATE OR REPLACE FUNCTION {wipe}() RETURNS trigger LANGUAGE plpgsql AS $memdb$ "
-        f"BEGIN {restoring} UPDATE {counter} SET seq = seq + 1, rows = 0, whole = true; "
+        f'BEGIN {restoring} UPDATE {counter} SET seq = seq + 1, "rows" = 0, whole = true; '
         + (f"DELETE FROM {journal}; " if column is not None else "")
         + "RETURN NULL; END $memdb$",
-        f"DROP TRIGGER IF EXISTS {track} ON {_q(table)}",
-        f"CREATE TRIGGER {track} AFTER INSERT OR UPDATE OR DELETE ON {_q(table)} "
-        f"FOR EACH ROW EXECUTE FUNCTION {track}()",
-        f"DROP TRIGGER IF EXISTS {wipe} ON {_q(table)}",
-        f"CREATE TRIGGER {wipe} AFTER TRUNCATE ON {_q(table)} "
+        # Replaced in place: dropping and making it again would leave a moment in
+        # which another process's writes went untracked (and so unspooled).
+        f"CREATE OR REPLACE TRIGGER {track} AFTER INSERT OR UPDATE OR DELETE ON "
+        f"{_q(table)} FOR EACH ROW EXECUTE FUNCTION {track}()",
+        f"CREATE OR REPLACE TRIGGER {wipe} AFTER TRUNCATE ON {_q(table)} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {wipe}()",
     ]
     return statements
+
+
+def _seed_counter(counter: str, table: str) -> str:
+    return (
+        f'INSERT INTO {counter} (seq, "rows") SELECT 0, (SELECT count(*) FROM {_q(table)}) '
+        f"FROM (SELECT 1) AS one WHERE NOT EXISTS (SELECT 1 FROM {counter})"
+    )
+
+
+def _tracking_sql_mysql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
+    """MariaDB: ``MEMORY`` counter and journal tables, one trigger per event.
+
+    A session variable stands the triggers aside while a restore loads (MariaDB cannot
+    switch triggers off); ``TRUNCATE`` fires no trigger there, so the backend marks
+    the table for a whole snapshot itself (``memdb.backends.mysql``).
+    """
+    table = model._meta.db_table
+    counter, column = _q(store.changes_table(table)), store.journal_column(model)
+    journal = _q(store.journal_table(table))
+    statements = [
+        f"CREATE TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
+        f'"rows" bigint NOT NULL DEFAULT 0, whole bool NOT NULL DEFAULT false)',
+        _seed_counter(counter, table),
+    ]
+    if column is not None:
+        pk_type = model._meta.pk.rel_db_type(wrapper)
+        statements.append(
+            f"CREATE TABLE IF NOT EXISTS {journal} (pk {pk_type} PRIMARY KEY, seq bigint NOT NULL)"
+        )
+    for event in store.TRIGGER_EVENTS:
+        rows = {"INSERT": ', "rows" = "rows" + 1', "DELETE": ', "rows" = "rows" - 1'}
+        body = [f"UPDATE {counter} SET seq = seq + 1{rows.get(event, '')};"]
+        if column is not None:
+            refs = {"INSERT": ["NEW"], "UPDATE": ["OLD", "NEW"], "DELETE": ["OLD"]}[event]
+            for ref in refs:
+                body.append(
+                    f"INSERT INTO {journal} (pk, seq) VALUES ({ref}.{_q(column)}, "
+                    f"(SELECT seq FROM {counter})) ON DUPLICATE KEY UPDATE seq = VALUES(seq);"
+                )
+        name = _q(store.short_name(f"memdb_{table}_{event.lower()}"))
+        # Replaced in place, under the table's metadata lock: no write goes untracked.
+        statements.append(
+            f"CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {_q(table)} FOR EACH ROW "
+            f"BEGIN IF @memdb_restoring IS NULL THEN {' '.join(body)} END IF; END"
+        )
+    return statements
+
+
+def truncated(wrapper: BaseDatabaseWrapper, table: str) -> None:
+    """After a ``TRUNCATE`` of ``table`` on MariaDB (which fires no trigger): count it as
+    a write that empties the table and names no rows (the next spool stores it whole)."""
+    from .registry import memory_models
+
+    if not any(m._meta.db_table == table for m in memory_models()):
+        return
+    with wrapper.cursor() as cursor:
+        cursor.execute(
+            f'UPDATE {_q(store.changes_table(table))} SET seq = seq + 1, "rows" = 0, whole = true'
+        )
+        journal = store.journal_table(table)
+        if journal in wrapper.introspection.table_names(cursor):
+            cursor.execute(f"DELETE FROM {_q(journal)}")
 
 
 # -- the SQLite image format -----------------------------------------------------------
@@ -383,8 +569,9 @@ def read_image(model: ModelType, path: str) -> tuple[int, int]:
     wrapper = private()
     table = _q(model._meta.db_table)
     index = next(i for i, f in enumerate(_fields(model)) if f.primary_key)
+    tables = [model._meta.db_table, store.changes_table(model._meta.db_table)]
     with (
-        transaction(wrapper, isolation="REPEATABLE READ, READ ONLY") as cursor,
+        consistent_read(wrapper, tables) as cursor,
         closing(sqlite3.connect(path, isolation_level=None)) as image,
     ):
         cursor.execute(f"SELECT seq FROM {_q(store.changes_table(model._meta.db_table))}")
@@ -416,8 +603,9 @@ def read_delta(model: ModelType) -> Any:
     column = store.journal_column(model)
     assert column is not None
     wrapper = private()
-    with transaction(wrapper, isolation="REPEATABLE READ, READ ONLY") as cursor:
-        cursor.execute(f"SELECT seq, rows, whole FROM {_q(store.changes_table(table))}")
+    tables = [table, store.changes_table(table), store.journal_table(table)]
+    with consistent_read(wrapper, tables) as cursor:
+        cursor.execute(f'SELECT seq, "rows", whole FROM {_q(store.changes_table(table))}')
         seq, rows, whole = cursor.fetchone()
         if whole:
             return None
@@ -490,10 +678,13 @@ def load(jobs: list[Any]) -> None:
         prepared.append((job, columns))
     labels = ", ".join(job.model._meta.label for job in jobs)
     try:
-        with transaction(wrapper) as cursor:
-            cursor.execute("SET LOCAL memdb.restoring = 'on'")
-            tables = ", ".join(_q(job.model._meta.db_table) for job in jobs)
-            cursor.execute(f"LOCK TABLE {tables} IN EXCLUSIVE MODE")
+        tables = []
+        for job in jobs:
+            table = job.model._meta.db_table
+            tables += [table, store.changes_table(table)]
+            if store.journal_column(job.model):
+                tables.append(store.journal_table(table))
+        with exclusive(wrapper, tables) as cursor:
             for job, _ in reversed(prepared):
                 cursor.execute(f"DELETE FROM {_q(job.model._meta.db_table)}")
             for job, columns in prepared:
@@ -507,15 +698,12 @@ def load(jobs: list[Any]) -> None:
                 table = job.model._meta.db_table
                 if store.journal_column(job.model):
                     cursor.execute(f"DELETE FROM {_q(store.journal_table(table))}")
-                cursor.execute(
-                    f"UPDATE {_q(store.changes_table(table))} SET rows = %s, whole = false "
-                    f"RETURNING seq",
-                    [job.rows],
-                )
+                counter = _q(store.changes_table(table))
+                cursor.execute(f'UPDATE {counter} SET "rows" = %s, whole = false', [job.rows])
+                cursor.execute(f"SELECT seq FROM {counter}")
                 job.seq = int(cursor.fetchone()[0])
             for sql in wrapper.ops.sequence_reset_sql(no_style(), [j.model for j in jobs]):
                 cursor.execute(sql)
-            cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
     except RestoreError:
         raise
     except DatabaseError as exc:

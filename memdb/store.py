@@ -45,7 +45,17 @@ T = TypeVar("T")
 
 def changes_table(table: str) -> str:
     """The one-row table counting the rows written to ``table``."""
-    return f"memdb_changes_{table}"
+    return short_name(f"memdb_changes_{table}")
+
+
+def short_name(name: str) -> str:
+    """``name``, or a name at most 60 characters long made of it and its hash (the
+    server stores' identifiers are limited: 63 characters on PostgreSQL, 64 on MariaDB)."""
+    if len(name) <= 60:
+        return name
+    import hashlib
+
+    return f"{name[:51]}_{hashlib.sha256(name.encode()).hexdigest()[:8]}"
 
 
 def is_lock_error(exc: BaseException) -> bool:
@@ -192,8 +202,6 @@ def state_connection(state: StoreState) -> Any:
     per database), and a spool's reads of the tables never wait either (WAL).
     """
     if state.kind == "server":
-        from . import server
-
         return server.conn()
     conns: dict[str, sqlite3.Connection] = _state_conns.__dict__.setdefault("conns", {})
     conn = conns.get(state.name)
@@ -208,7 +216,7 @@ def state_connection(state: StoreState) -> Any:
         )
         conn.execute("PRAGMA journal_mode = WAL")
         conn.execute(
-            f"CREATE TABLE IF NOT EXISTS {META_TABLE} (key TEXT PRIMARY KEY, "
+            f'CREATE TABLE IF NOT EXISTS {META_TABLE} ("key" TEXT PRIMARY KEY, '
             f"value TEXT NOT NULL) WITHOUT ROWID"
         )
         conn.execute(
@@ -250,14 +258,14 @@ def reset_tables(state: StoreState, seqs: dict[str, int]) -> None:
 
 
 def get_meta(state: StoreState) -> dict[str, str]:
-    sql = f"SELECT key, value FROM {META_TABLE}"
+    sql = f'SELECT "key", value FROM {META_TABLE}'
     return dict(state_connection(state).execute(sql).fetchall())
 
 
 def set_meta(state: StoreState, key: str, value: str) -> None:
     state_connection(state).execute(
-        f"INSERT INTO {META_TABLE} (key, value) VALUES (?, ?) "
-        f"ON CONFLICT (key) DO UPDATE SET value = excluded.value",
+        f'INSERT INTO {META_TABLE} ("key", value) VALUES (?, ?) '
+        f'ON CONFLICT ("key") DO UPDATE SET value = excluded.value',
         (key, value),
     )
 
@@ -333,7 +341,7 @@ def store_kind(name: str) -> str:
 def state_name(settings_dict: dict[str, Any]) -> str:
     """The name of the store of a memory alias's settings: its SQLite NAME, or the
     server and database of a ``server`` store."""
-    from . import SERVER_ENGINES, server
+    from . import SERVER_ENGINES
 
     if settings_dict.get("ENGINE") in SERVER_ENGINES.values():
         return server.state_name(settings_dict)
@@ -372,8 +380,6 @@ def _process_lock(state: StoreState, name: str, *, wait: bool) -> Iterator[None]
     """One process of a shared store at a time: a file lock beside a ``host`` store's
     file, an advisory lock on a ``server`` store's server (``Busy`` if not ``wait``)."""
     if state.kind == "server":
-        from . import server
-
         with server.advisory_lock(state, name, wait=wait):
             yield
         return
@@ -400,8 +406,6 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
             return
         stack.enter_context(_process_lock(state, label, wait=wait))
         if state.kind == "server":
-            from . import server
-
             server.check(state, label)
         elif state.store_id is not None and get_meta(state).get("store") != state.store_id:
             from .exceptions import MemdbError
@@ -426,8 +430,6 @@ def restored_if_lost(state: StoreState, action: Callable[[], T]) -> T:
     try:
         return action()
     except StoreLost as exc:
-        from . import server
-
         logger.warning("memdb: %s", exc)
         server.recover(state)
         return action()
@@ -488,8 +490,6 @@ def image_connection() -> BaseDatabaseWrapper:
     from django.db import connections
 
     if current_state().kind == "server":
-        from . import server
-
         return server.image_connection()
     return connections[memdb_settings.ALIAS]
 
@@ -527,8 +527,6 @@ def raw_connection(name: str | None = None) -> Iterator[Any]:
     ensure_ready()
     name = name or current_name()
     if store_kind(name) == "server":
-        from . import server
-
         yield server.conn()
         return
     idle: dict[str, sqlite3.Connection] = _raw.__dict__.setdefault("idle", {})
@@ -610,8 +608,6 @@ def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
     if not state.shared:
         return True
     if state.kind == "server":
-        from . import server
-
         return server.prepare(state)
     raw = wrapper.connection
     raw.execute("PRAGMA journal_mode = WAL")
@@ -670,8 +666,6 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
     from .registry import memory_models
 
     if state_for(state_name(wrapper.settings_dict)).kind == "server":
-        from . import server
-
         server.create_schema(wrapper)
         return
     models = memory_models()
@@ -863,7 +857,7 @@ def journal_table(table: str) -> str:
     Each row holds the change counter's value of its last write, so a spool that read
     the table at counter ``seq`` forgets exactly the keys it stored (``seq`` or less).
     """
-    return f"memdb_journal_{table}"
+    return short_name(f"memdb_journal_{table}")
 
 
 def journal_column(model: Any) -> str | None:
@@ -1001,8 +995,6 @@ def _after_fork_in_child() -> None:
     _states_lock = threading.Lock()
     _state_conns = threading.local()
     _raw = threading.local()
-    from . import server
-
     server.forget_connections()
     for state in _states.values():
         if not state.shared:  # a copy of the parent's tables: its spools are not ours
@@ -1040,3 +1032,9 @@ os.register_at_fork(after_in_child=_after_fork_in_child)
 
 def describe(exc: BaseException) -> str:
     return f"{type(exc).__name__}: {exc}"
+
+
+# Imported once this module is whole (memdb.server uses it), never lazily: an import
+# run for the first time by a thread while another forks would hang the child
+# (``_after_fork_in_child`` uses it).
+from . import server  # noqa: E402

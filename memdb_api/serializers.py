@@ -58,9 +58,10 @@ class TableSerializer(serializers.Serializer):
     )
     restore_error = serializers.CharField(allow_null=True)
     store = serializers.ChoiceField(
-        choices=[("process", "process"), ("host", "host")],
+        choices=[("process", "process"), ("host", "host"), ("server", "server")],
         help_text="Where the table lives. process: a memory database private to the process "
-        "that answers; host: a database file shared by every worker of its host.",
+        "that answers; host: a database file shared by every worker of its host; server: "
+        "tables on the default database's server, shared by every host.",
     )
     warning = serializers.CharField(
         allow_null=True,

@@ -1,11 +1,12 @@
-"""The server store (``MEMDB["STORE"] = "server"``): UNLOGGED tables on the PostgreSQL
-server that every process of every host shares.
+"""The server store (``MEMDB["STORE"] = "server"``): tables on the PostgreSQL or MariaDB
+server that every process of every host shares (UNLOGGED, or MEMORY).
 
-Every test here runs its processes as real children pointed at a fresh PostgreSQL
-database (``default_db``), each on the server store, whatever store the suite itself
-runs on; they run when the suite's default database is PostgreSQL
-(``MEMDB_TEST_DB=postgresql``, as ``.ci/run`` runs it). A server that lost the tables is
-made the way a crash leaves them: every UNLOGGED table emptied (``lose_server``).
+Every test here runs its processes as real children pointed at a fresh database on the
+suite's default database server (``default_db``), each on the server store, whatever
+store the suite itself runs on; they are collected when that server is PostgreSQL or
+MariaDB (``MEMDB_TEST_DB``, as ``.ci/run`` runs them; ``server_store`` marker). A server
+that lost the tables is made the way a crash (PostgreSQL) or a restart (MariaDB) leaves
+them: every UNLOGGED or MEMORY table emptied (``lose_server``).
 """
 
 from __future__ import annotations
@@ -17,6 +18,8 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -42,10 +45,8 @@ from tests.children import (
 )
 from tests.live.run_schemathesis import SETUP, manage
 
-ON_POSTGRESQL = os.environ.get("MEMDB_TEST_DB", "sqlite") == "postgresql"
-needs_postgresql = pytest.mark.skipif(
-    not ON_POSTGRESQL, reason="the server store runs on PostgreSQL (MEMDB_TEST_DB=postgresql)"
-)
+KIND = os.environ.get("MEMDB_TEST_DB", "sqlite")
+server_store = pytest.mark.server_store
 
 
 def server_env(default_db: str, **overrides: str) -> dict[str, str]:
@@ -53,45 +54,73 @@ def server_env(default_db: str, **overrides: str) -> dict[str, str]:
     return child_env(default_db, MEMDB_TEST_STORE="server", **overrides)
 
 
-def database(name: str) -> Any:
-    """An autocommit psycopg connection to the children's database ``name``."""
-    import psycopg
-
-    admin = _server_connection("postgresql")
+@contextmanager
+def database(name: str) -> Iterator[Any]:
+    """A cursor of an autocommit connection to the children's database ``name``."""
+    admin = _server_connection(KIND)
     try:
-        params = {k: v for k, v in admin.info.get_parameters().items() if k != "dbname"}
+        if KIND == "postgresql":
+            import psycopg
+
+            params = {k: v for k, v in admin.info.get_parameters().items() if k != "dbname"}
+            conn = psycopg.connect(**params, dbname=name, autocommit=True)
+        else:
+            admin.select_db(name)
+            conn = admin
+        with conn.cursor() as cursor:
+            yield cursor
+        if conn is not admin:
+            conn.close()
     finally:
         admin.close()
-    return psycopg.connect(**params, dbname=name, autocommit=True)
+
+
+def query(name: str, sql: str, params: Any = ()) -> list[tuple[Any, ...]]:
+    with database(name) as cursor:
+        cursor.execute(sql, params)
+        return [tuple(row) for row in cursor.fetchall()]
+
+
+def in_memory(name: str) -> list[str]:
+    """The tables the server empties when it crashes (UNLOGGED) or restarts (MEMORY)."""
+    if KIND == "postgresql":
+        sql = "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'r'"
+    else:
+        sql = (
+            "SELECT table_name FROM information_schema.tables WHERE table_schema = "
+            "DATABASE() AND engine = 'MEMORY'"
+        )
+    return [row[0] for row in query(name, sql)]
 
 
 def lose_server(name: str) -> list[str]:
-    """What a crash of the server does to UNLOGGED tables: all of them emptied (their
-    sequences too). Returns their names."""
-    with database(name) as conn:
-        tables = [
-            row[0]
-            for row in conn.execute(
-                "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'r'"
+    """What a crash of PostgreSQL does to UNLOGGED tables, a restart of MariaDB to
+    MEMORY tables: all of them emptied (their sequences and counters too). Returns
+    their names."""
+    tables = in_memory(name)
+    with database(name) as cursor:
+        if KIND == "postgresql":
+            cursor.execute(f"TRUNCATE {', '.join(f'{chr(34)}{t}{chr(34)}' for t in tables)}")
+            cursor.execute(
+                "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'S'"
             )
-        ]
-        conn.execute(f"TRUNCATE {', '.join(f'{chr(34)}{t}{chr(34)}' for t in tables)}")
-        for (sequence,) in conn.execute(
-            "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'S'"
-        ).fetchall():
-            conn.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
+            for (sequence,) in cursor.fetchall():
+                cursor.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
+        else:
+            for table in tables:
+                cursor.execute(f"TRUNCATE TABLE `{table}`")
     return tables
 
 
-def stored_generation(name: str, label: str) -> tuple[int, int]:
+def stored_generation(name: str, label: str) -> tuple[Any, ...]:
     """(latest generation, its row count) of ``label`` in storage."""
     app, model = label.split(".")
-    with database(name) as conn:
-        row = conn.execute(
-            "SELECT generation, row_count FROM memdb_persistentstorage WHERE app_label = %s "
-            "AND model_name = %s ORDER BY generation DESC LIMIT 1",
-            (app, model),
-        ).fetchone()
+    (row,) = query(
+        name,
+        "SELECT generation, row_count FROM memdb_persistentstorage WHERE app_label = %s "
+        "AND model_name = %s ORDER BY generation DESC LIMIT 1",
+        (app, model),
+    )
     return row
 
 
@@ -103,7 +132,7 @@ report(rows=rows(Score), store=info.store, warning=info.warning, leader=info.lea
 """
 
 
-@needs_postgresql
+@server_store
 def test_the_tables_are_unlogged_and_shared_by_every_process(default_db: str) -> None:
     """What one process writes, the next reads, memory-only tables included, without a
     spool or a restore; a spool by the second builds on the first one's."""
@@ -123,18 +152,11 @@ def test_the_tables_are_unlogged_and_shared_by_every_process(default_db: str) ->
     assert second["leader"] == f"{os.uname().nodename}:{first['pid']}"
     spooled = run("(r,) = api.spool('testapp.Score')\nreport(generation=r.generation)\n", env)
     assert spooled["generation"] == 2
-    with database(default_db) as conn:
-        persistence = dict(
-            conn.execute(
-                "SELECT relname, relpersistence FROM pg_class WHERE relname IN "
-                "('testapp_score', 'testapp_hit', 'memdb_persistentstorage')"
-            ).fetchall()
-        )
-    assert persistence == {
-        "testapp_score": "u",
-        "testapp_hit": "u",
-        "memdb_persistentstorage": "p",
-    }
+    memory = set(in_memory(default_db))
+    assert "testapp_score" in memory and "memdb_persistentstorage" not in memory
+    # MariaDB's MEMORY tables hold no TEXT: Hit (a TextField) is kept in InnoDB
+    # (memdb.W004 says so), and still shared.
+    assert ("testapp_hit" in memory) is (KIND == "postgresql")
 
 
 HOST = """
@@ -151,7 +173,7 @@ sys.stdin.readline()
 """
 
 
-@needs_postgresql
+@server_store
 def test_two_hosts_see_the_same_rows(default_db: str) -> None:
     """Two process groups, as two hosts would run them, both up at once: what the
     first writes (no spool), the second reads at once."""
@@ -211,7 +233,7 @@ report(seen_first=seen_first, spooled=[r.generation for r in results],
 """
 
 
-@needs_postgresql
+@server_store
 def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
     default_db: str,
 ) -> None:
@@ -248,7 +270,7 @@ def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
     assert stored_generation(default_db, "testapp.Score") == (1, 2)
 
 
-@needs_postgresql
+@server_store
 def test_a_spool_that_finds_the_tables_lost_restores_them_first(default_db: str) -> None:
     """The loss is noticed by a spool on a connection opened before it (the interval
     spooler's): the emptied table is not stored over its snapshot, it is restored."""
@@ -297,7 +319,7 @@ report(rows=len(rows(Score)), restored=restored)
 """
 
 
-@needs_postgresql
+@server_store
 def test_one_process_restores_a_lost_store_the_others_wait(default_db: str) -> None:
     """Four processes start at once on a server that lost the tables: one restores
     them, the others wait for it and find the rows."""
@@ -330,7 +352,7 @@ api.spool("testapp.Score", force=True)
 """
 
 
-@needs_postgresql
+@server_store
 @pytest.mark.parametrize("after", [False, True], ids=["before-storing", "after-storing"])
 def test_another_process_takes_over_from_a_leader_killed_mid_spool(
     default_db: str, after: bool
@@ -378,7 +400,7 @@ report(skipped=[r.label for r in skipped], waited=[r.label for r in waited],
 """
 
 
-@needs_postgresql
+@server_store
 def test_the_interval_spooler_leaves_a_table_another_process_spools(default_db: str) -> None:
     """An interval tick skips a table whose advisory lock another session holds; a
     spool asked for (a flush without skip_busy) waits for it instead."""
@@ -396,7 +418,7 @@ report(done={count})
 """
 
 
-@needs_postgresql
+@server_store
 def test_commit_writes_of_four_processes_at_once_all_survive(default_db: str) -> None:
     """Four processes write ``commit`` rows at once, each stored as a journal delta
     before its call returns; after the server lost the tables, every row comes back."""
@@ -406,19 +428,78 @@ def test_commit_writes_of_four_processes_at_once_all_survive(default_db: str) ->
     sources = [COMMIT_WRITER.format(count=count, number=n) for n in range(4)]
     reports = finish_together(start_together(sources, env))
     assert reports == [{"done": count}] * 4
-    with database(default_db) as conn:
-        kinds = dict(
-            conn.execute(
-                "SELECT kind, count(*) FROM memdb_persistentstorage WHERE model_name = "
-                "'CommitScore' GROUP BY kind"
-            ).fetchall()
+    kinds = dict(
+        query(
+            default_db,
+            "SELECT kind, count(*) FROM memdb_persistentstorage WHERE model_name = "
+            "'CommitScore' GROUP BY kind",
         )
+    )
     assert kinds.get("delta", 0) > 0, kinds
     lose_server(default_db)
     restored = run(
         "report(players=sorted(CommitScore.objects.values_list('player', flat=True)))\n", env
     )
     assert restored["players"] == sorted(f"w{n}-{i}" for n in range(4) for i in range(count))
+
+
+STEADY_WRITER = """
+from django.db import connections
+CommitScore.objects.create(player="first", points=0)
+report(ready=True)
+written = 0
+while not os.path.exists({stop!r}):
+    CommitScore.objects.create(player=f"s-{{written}}", points=written)
+    written += 1
+report(written=written)
+"""
+
+
+# A pause after each statement that sets tracking up, so a writer's writes land between.
+SLOW_TRACKING = f"""
+from memdb import server
+made = server._tracking_sql
+pause = "SELECT pg_sleep(0.05)" if {KIND!r} == "postgresql" else "SELECT SLEEP(0.05)"
+server._tracking_sql = lambda *args: [s for sql in made(*args) for s in (sql, pause)]
+"""
+
+
+@server_store
+def test_a_process_starting_beside_a_writer_leaves_every_write_tracked(
+    default_db: str, tmp_path: Path
+) -> None:
+    """Each process that starts sets the store's tracking up again (a deploy may have
+    changed it): a writer running meanwhile keeps every write tracked, so every one of
+    them is stored (the triggers used to be dropped and made again, and writes in
+    between were neither counted nor journaled: lost at the next restore)."""
+    env = server_env(default_db, MEMDB_TEST_POLICY="commit")
+    run("report(ok=True)\n", env, migrate=True)
+    stop = tmp_path / "stop"
+    writer = subprocess.Popen(
+        [sys.executable, "-c", PRELUDE + STEADY_WRITER.format(stop=str(stop))],
+        cwd=ROOT,
+        env=env,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+    )
+    try:
+        assert writer.stdout is not None
+        assert json.loads(writer.stdout.readline()) == {"ready": True}
+        for _ in range(3):  # each opens the store: its tracking is made again, slowly
+            run(SLOW_TRACKING + "report(n=CommitScore.objects.count())\n", env)
+        stop.touch()
+        out, err = writer.communicate(timeout=TIMEOUT)
+    finally:
+        if writer.poll() is None:
+            writer.kill()
+    assert writer.returncode == 0, err
+    check_quiet(err)
+    written = last_json(out)["written"]
+    assert written > 0
+    lose_server(default_db)
+    restored = run("report(n=CommitScore.objects.count())\n", env)
+    assert restored == {"n": written + 1}
 
 
 TRUNCATED = """
@@ -435,7 +516,7 @@ report(kinds=kinds)
 """
 
 
-@needs_postgresql
+@server_store
 def test_a_truncate_is_stored_as_a_whole_snapshot(default_db: str) -> None:
     """TRUNCATE names no rows for a delta: the next spool stores the whole table, and
     deltas follow it again."""
@@ -459,7 +540,7 @@ report(codecs=list(PersistentStorage.objects.get(model_name="Score").codecs))
 """
 
 
-@needs_postgresql
+@server_store
 def test_codecs_and_every_field_type_round_trip_through_the_server(default_db: str) -> None:
     """Snapshots of the server store are the same SQLite images as the other stores',
     through any codec chain: stored with zlib and fernet, restored after a loss."""
@@ -528,12 +609,17 @@ def test_configure_puts_a_server_store_on_the_default_database() -> None:
 # -- gunicorn ------------------------------------------------------------------------
 
 
-@needs_postgresql
+@server_store
 def test_gunicorn_workers_read_back_each_others_writes(tmp_path: Path, default_db: str) -> None:
     """The example on the server store, served by gunicorn with 4 workers: each request
     on a new connection counts a hit, and every answer shows every hit so far, whichever
     worker wrote it; no worker warns."""
-    env = example_env(tmp_path, MEMDB_EXAMPLE_STORE="server", MEMDB_EXAMPLE_PG_NAME=default_db)
+    env = example_env(
+        tmp_path,
+        MEMDB_EXAMPLE_STORE="server",
+        MEMDB_EXAMPLE_SERVER=KIND,
+        MEMDB_EXAMPLE_SERVER_DB=default_db,
+    )
     manage(env, "migrate", "--noinput")
     token = manage(env, "shell", "-c", SETUP).strip().splitlines()[-1]
     log = tmp_path / "gunicorn.log"

@@ -2,8 +2,9 @@
 
 Environment variables exist for test runs (tests/live/run_schemathesis.py, the store
 tests) and are unset normally: ``MEMDB_EXAMPLE_DB``, the path of the default SQLite
-database instead of ``example/db.sqlite3``; ``MEMDB_EXAMPLE_PG_NAME``, a PostgreSQL
-database on 127.0.0.1 as the default database instead; ``MEMDB_EXAMPLE_THROTTLE``, the
+database instead of ``example/db.sqlite3``; ``MEMDB_EXAMPLE_SERVER`` (postgresql or
+mysql) and ``MEMDB_EXAMPLE_SERVER_DB``, a database on that server at 127.0.0.1 as the
+default database instead; ``MEMDB_EXAMPLE_THROTTLE``, the
 rate of the "memdb" throttle scope instead of ``120/minute``; ``MEMDB_EXAMPLE_STORE``
 and ``MEMDB_EXAMPLE_HOST_PATH`` (below).
 """
@@ -68,12 +69,23 @@ DATABASES = {
         "NAME": os.environ.get("MEMDB_EXAMPLE_DB") or BASE_DIR / "db.sqlite3",
     }
 }
-if os.environ.get("MEMDB_EXAMPLE_PG_NAME"):  # the server store's tests: PostgreSQL
+if os.environ.get("MEMDB_EXAMPLE_SERVER") == "postgresql":  # the server store's tests
     DATABASES["default"] = {
         "ENGINE": "django.db.backends.postgresql",
-        "NAME": os.environ["MEMDB_EXAMPLE_PG_NAME"],
-        "HOST": os.environ.get("PGHOST", "127.0.0.1"),
-        "USER": os.environ.get("PGUSER", "postgres"),
+        "NAME": os.environ["MEMDB_EXAMPLE_SERVER_DB"],
+        "HOST": "127.0.0.1",
+        "USER": "postgres",
+    }
+elif os.environ.get("MEMDB_EXAMPLE_SERVER") == "mysql":
+    import pymysql
+
+    pymysql.install_as_MySQLdb()
+    DATABASES["default"] = {
+        "ENGINE": "django.db.backends.mysql",
+        "NAME": os.environ["MEMDB_EXAMPLE_SERVER_DB"],
+        "HOST": "127.0.0.1",
+        "USER": "root",
+        "OPTIONS": {"charset": "utf8mb4"},
     }
 
 DEFAULT_AUTO_FIELD = "django.db.models.BigAutoField"

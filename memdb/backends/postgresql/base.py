@@ -25,19 +25,21 @@ class DatabaseSchemaEditor(PGSchemaEditor):
     sql_create_table = "CREATE UNLOGGED TABLE %(table)s (%(definition)s)"
 
 
-class DatabaseWrapper(pg_base.DatabaseWrapper):
-    display_name = "PostgreSQL (memdb server store, UNLOGGED tables)"
-    SchemaEditorClass = DatabaseSchemaEditor
+class ServerStoreMixin:
+    """What both server store backends add to Django's: the store's start-up and
+    loss checks at each connection, and ``commit``-policy spools after writes."""
 
     #: memdb's own connection (``memdb.server.private``): no write tracking, no checks.
     memdb_private = False
+    settings_dict: dict[str, Any]
+    execute_wrappers: list[Any]
 
     def __init__(self, *args: Any, **kwargs: Any) -> None:
-        super().__init__(*args, **kwargs)
-        self.execute_wrappers.append(_track_writes)
+        super().__init__(*args, **kwargs)  # type: ignore[call-arg]
+        self.execute_wrappers.append(track_writes)
 
     def connect(self) -> None:
-        super().connect()
+        super().connect()  # type: ignore[misc]
         if self.memdb_private:
             return
         try:
@@ -46,16 +48,21 @@ class DatabaseWrapper(pg_base.DatabaseWrapper):
                 if server.current_id() != state.store_id:
                     server.recover(state)
             else:
-                store.bootstrap(self)
+                store.bootstrap(self)  # type: ignore[arg-type]
         except BaseException:
-            self.close()
+            self.close()  # type: ignore[attr-defined]
             raise
 
 
-_WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE")
+class DatabaseWrapper(ServerStoreMixin, pg_base.DatabaseWrapper):
+    display_name = "PostgreSQL (memdb server store, UNLOGGED tables)"
+    SchemaEditorClass = DatabaseSchemaEditor
 
 
-def _track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+_WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REPLACE")
+
+
+def track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """After a statement that changed rows, spool ``commit``-policy tables once committed."""
     result = execute(sql, params, many, context)
     if sql.lstrip()[:8].upper().startswith(_WRITES) and context["cursor"].rowcount != 0:
