@@ -1,15 +1,18 @@
 #!/usr/bin/env python
-"""The two stores side by side: ``process`` (a memory database per process) and ``host``
+"""The stores side by side: ``process`` (a memory database per process) and ``host``
 (one WAL SQLite file on /dev/shm shared by the host's workers), beside a regular table on
-the default database.
+the default database; with ``--db postgresql`` or ``--db mysql`` the default database is
+a new database on that server and the ``server`` store (memory tables on that server,
+shared by every process) is a third store.
 
 Run from the repository root::
 
-    .venv/bin/python bench/bench_stores.py            # full run, about 75 seconds
-    .venv/bin/python bench/bench_stores.py --quick    # about 30 seconds
+    .venv/bin/python bench/bench_stores.py                   # full run, about 75 seconds
+    .venv/bin/python bench/bench_stores.py --quick           # about 30 seconds
+    .venv/bin/python bench/bench_stores.py --db postgresql   # + the server store
 
 Settings are configured once per Django process, so every measurement runs in a new
-process (this script with ``--child``) that prints JSON; the parent runs the two stores'
+process (this script with ``--child``) that prints JSON; the parent runs the stores'
 children one after the other in each round, in ABBA order, and prints medians and ratios.
 See bench/README.md.
 """
@@ -27,6 +30,7 @@ import subprocess
 import sys
 import tempfile
 import time
+import uuid
 from datetime import UTC, datetime, timedelta
 from typing import Any
 
@@ -38,7 +42,9 @@ for _path in (HERE, ROOT):  # ``_setup`` and the bench app; ``memdb``
 
 from _setup import load_line, machine_line, settings_for  # noqa: E402
 
-STORES = ("process", "host")
+KINDS = ("sqlite", "postgresql", "mysql")
+HEAP = "max_heap_table_size = 268435456"  # 256 MiB, on the bench's MariaDB sessions
+STORES = ("process", "host")  # and "server" when the default database is on a server
 BLOCK = 100  # creates per block; the three models take turns block by block
 #: Every process here: no spool at exit (the databases are thrown away).
 MEMDB_SETTINGS = {"FLUSH_ON_EXIT": False}
@@ -89,8 +95,8 @@ def store_settings(store: str, host_path: str) -> dict:
     return memdb
 
 
-def conf_for(db_dir: str, store: str, host_path: str) -> dict:
-    return settings_for(db_dir, memdb_settings=store_settings(store, host_path))
+def conf_for(db_dir: str, store: str, host_path: str, default: dict | None = None) -> dict:
+    return settings_for(db_dir, memdb_settings=store_settings(store, host_path), default=default)
 
 
 def remove_host_files(path: str) -> None:
@@ -98,6 +104,83 @@ def remove_host_files(path: str) -> None:
         if os.path.exists(name):
             os.remove(name)
     shutil.rmtree(f"{path}.memdb", ignore_errors=True)
+
+
+# --------------------------------------------------------------------------- servers
+
+
+def server_default(kind: str, name: str) -> dict:
+    """The ``DATABASES`` entry of database ``name`` on the server of ``kind`` (the test
+    suite's servers, as bench_perf.py: MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD override)."""
+    env = os.environ.get
+    entry = {
+        "NAME": name,
+        "HOST": env("MEMDB_TEST_DB_HOST", "127.0.0.1"),
+        "PASSWORD": env("MEMDB_TEST_DB_PASSWORD", ""),
+    }
+    if kind == "postgresql":
+        user, port = env("MEMDB_TEST_DB_USER", "postgres"), env("MEMDB_TEST_DB_PORT", "5432")
+        return {"ENGINE": "django.db.backends.postgresql", "USER": user, "PORT": port, **entry}
+    user, port = env("MEMDB_TEST_DB_USER", "root"), env("MEMDB_TEST_DB_PORT", "3306")
+    return {
+        "ENGINE": "django.db.backends.mysql",
+        "USER": user,
+        "PORT": port,
+        # MEMORY tables hold at most max_heap_table_size bytes (16 MiB by default: about
+        # 85k rows of BigRow); the session's value when a table is made is its limit.
+        "OPTIONS": {"charset": "utf8mb4", "init_command": f"SET SESSION {HEAP}"},
+        **entry,
+    }
+
+
+def server_connection(kind: str) -> Any:
+    """An autocommit connection to the server itself, to create and drop databases."""
+    db = server_default(kind, "")
+    if kind == "postgresql":
+        import psycopg
+
+        return psycopg.connect(
+            host=db["HOST"],
+            port=int(db["PORT"]),
+            user=db["USER"],
+            password=db["PASSWORD"] or None,
+            dbname="postgres",
+            autocommit=True,
+        )
+    import pymysql
+
+    return pymysql.connect(
+        host=db["HOST"],
+        port=int(db["PORT"]),
+        user=db["USER"],
+        password=db["PASSWORD"],
+        charset="utf8mb4",
+        autocommit=True,
+    )
+
+
+def server_sql(conn: Any, sql: str) -> list[tuple]:
+    cursor = conn.cursor()
+    try:
+        cursor.execute(sql)
+        return list(cursor.fetchall()) if cursor.description else []
+    finally:
+        cursor.close()
+
+
+def server_line(kind: str, conn: Any) -> str:
+    """The server's version and what a commit of a regular table waits for."""
+    if kind == "postgresql":
+        names = ("fsync", "synchronous_commit")
+        values = [server_sql(conn, f"SHOW {n}")[0][0] for n in names]
+        version = server_sql(conn, "SHOW server_version")[0][0]
+        return f"PostgreSQL {version}; " + ", ".join(f"{n} {v}" for n, v in zip(names, values))
+    names = ("innodb_flush_log_at_trx_commit", "sync_binlog", "max_heap_table_size")
+    wanted = ", ".join(f"'{n}'" for n in names)
+    rows = dict(server_sql(conn, f"SHOW VARIABLES WHERE Variable_name IN ({wanted})"))
+    version = server_sql(conn, "SELECT VERSION()")[0][0]
+    settings = ", ".join(f"{n} {rows.get(n)}" for n in names)
+    return f"MariaDB {version}; {settings} (the bench's sessions: {HEAP})"
 
 
 # --------------------------------------------------------------------------- children
@@ -148,13 +231,19 @@ def django_up(conf_path: str) -> None:
     from django.conf import settings
 
     with open(conf_path) as source:
-        settings.configure(**json.load(source))
+        conf = json.load(source)
+    if conf["DATABASES"]["default"]["ENGINE"] == "django.db.backends.mysql":
+        import pymysql
+
+        pymysql.install_as_MySQLdb()  # before Django loads the MySQL backend
+    settings.configure(**conf)
     django.setup()
 
 
 def child_setup(args: argparse.Namespace) -> None:
     """``migrate --run-syncdb`` a default database (the bench app has no migrations);
-    the parent copies the file for every other child."""
+    the parent copies the file (SQLite) or the database (PostgreSQL: a template; MariaDB:
+    the tables) for every other child."""
     django_up(args.conf)
     from django.core.management import call_command
 
@@ -297,40 +386,109 @@ def child_writer(args: argparse.Namespace) -> None:
 
 
 class Run:
-    """The parent's temporary files: default databases in ``work``, host stores in ``shm``."""
+    """The parent's temporary files: default databases in ``work`` (SQLite) or on the
+    server (``--db``: databases ``bench_stores_<id>_<n>``), host stores in ``shm``."""
 
     def __init__(self, args: argparse.Namespace) -> None:
         self.args = args
+        self.kind = args.db
+        self.stores = STORES if self.kind == "sqlite" else (*STORES, "server")
         self.work = tempfile.mkdtemp(prefix="memdb-stores-", dir=args.db_dir)
         shm = "/dev/shm" if os.path.isdir("/dev/shm") else None
         self.shm = tempfile.mkdtemp(prefix="memdb-stores-", dir=shm)
         self.template = os.path.join(self.work, "template")
         self.count = 0
+        self.server = None if self.kind == "sqlite" else server_connection(self.kind)
+        self.prefix = f"bench_stores_{uuid.uuid4().hex[:8]}"
+        self.databases: list[str] = []  # made on the server, not dropped yet
+        self.server_info = "" if self.server is None else server_line(self.kind, self.server)
+        self.regular_note, self.server_note = {
+            "sqlite": (
+                "regular = DefaultRow on the default SQLite file (journal mode delete, fsync "
+                "per commit)",
+                "",
+            ),
+            "postgresql": (
+                "regular = DefaultRow on the default PostgreSQL database (a logged table: "
+                "commit settings on the server line); server = UNLOGGED tables in it",
+                "UNLOGGED; each write's trigger also updates the table's one counter row",
+            ),
+            "mysql": (
+                "regular = DefaultRow on the default MariaDB database (InnoDB: commit "
+                "settings on the server line); server = MEMORY tables in it",
+                "MEMORY engine: a table lock per write, one writer at a time",
+            ),
+        }[self.kind]
 
     def close(self) -> None:
+        for name in list(self.databases):
+            self.drop(name)
+        if self.server is not None:
+            self.server.close()
         shutil.rmtree(self.work, ignore_errors=True)
         shutil.rmtree(self.shm, ignore_errors=True)
 
+    def default(self, name: str) -> dict | None:
+        return None if self.kind == "sqlite" else server_default(self.kind, name)
+
+    def create(self, name: str, template: str | None = None) -> None:
+        """A new database on the server; a copy of ``template`` if given (PostgreSQL
+        copies it whole; on MariaDB its tables are made again, rows and all)."""
+        self.databases.append(name)
+        if self.kind == "postgresql":
+            copy = f' TEMPLATE "{template}"' if template else ""
+            server_sql(self.server, f'CREATE DATABASE "{name}"{copy}')
+            return
+        server_sql(self.server, f"CREATE DATABASE `{name}` CHARACTER SET utf8mb4")
+        if template:
+            for (table,) in server_sql(self.server, f"SHOW TABLES FROM `{template}`"):
+                server_sql(
+                    self.server, f"CREATE TABLE `{name}`.`{table}` LIKE `{template}`.`{table}`"
+                )
+                server_sql(
+                    self.server,
+                    f"INSERT INTO `{name}`.`{table}` SELECT * FROM `{template}`.`{table}`",
+                )
+
+    def drop(self, name: str) -> None:
+        if self.kind == "postgresql":
+            server_sql(self.server, f'DROP DATABASE IF EXISTS "{name}" WITH (FORCE)')
+        else:
+            server_sql(self.server, f"DROP DATABASE IF EXISTS `{name}`")
+        self.databases.remove(name)
+
     def setup_template(self) -> None:
         os.makedirs(self.template)
-        conf = conf_for(self.template, "process", "")
+        if self.kind != "sqlite":
+            self.create(f"{self.prefix}_template")
+        conf = conf_for(self.template, "process", "", self.default(f"{self.prefix}_template"))
         run_child(self.work, "setup", conf)
 
-    def fresh(self, store: str) -> tuple[dict, str]:
+    def fresh(self, store: str) -> tuple[dict, str, str | None]:
         """Settings for a new child: a copy of the migrated default database and, for
-        the host store, a host file of its own."""
+        the host store, a host file of its own; the server database to drop after."""
         self.count += 1
         db_dir = os.path.join(self.work, f"db{self.count}")
         os.makedirs(db_dir)
-        shutil.copy(
-            os.path.join(self.template, "default.sqlite3"), os.path.join(db_dir, "default.sqlite3")
-        )
         host_path = os.path.join(self.shm, f"store{self.count}.sqlite3")
-        return conf_for(db_dir, store, host_path), host_path
+        if self.kind == "sqlite":
+            shutil.copy(
+                os.path.join(self.template, "default.sqlite3"),
+                os.path.join(db_dir, "default.sqlite3"),
+            )
+            return conf_for(db_dir, store, host_path), host_path, None
+        name = f"{self.prefix}_{self.count}"
+        self.create(name, template=f"{self.prefix}_template")
+        return conf_for(db_dir, store, host_path, self.default(name)), host_path, name
+
+    def discard(self, host_path: str, database: str | None) -> None:
+        remove_host_files(host_path)
+        if database is not None:
+            self.drop(database)
 
     def round_child(self, store: str) -> dict:
         a = self.args
-        conf, host_path = self.fresh(store)
+        conf, host_path, database = self.fresh(store)
         try:
             return run_child(
                 self.work,
@@ -341,11 +499,11 @@ class Run:
                 *("--reads", str(a.reads), "--big-rows", str(a.big_rows)),
             )
         finally:
-            remove_host_files(host_path)
+            self.discard(host_path, database)
 
     def writers(self, store: str, count: int) -> dict:
         """``count`` processes creating memory-only rows at once for ``window`` seconds."""
-        conf, host_path = self.fresh(store)
+        conf, host_path, database = self.fresh(store)
         conf_path = write_conf(self.work, f"writers-{self.count}", conf)
         signal = os.path.join(self.work, f"signal{self.count}")
         procs = [
@@ -363,7 +521,7 @@ class Run:
             deadline = time.time() + 120
             while not all(os.path.exists(f"{signal}.ready{i}") for i in range(count)):
                 if time.time() > deadline or any(p.poll() not in (None, 0) for p in procs):
-                    raise RuntimeError("a writer did not start")
+                    raise RuntimeError(f"a writer did not start{exits(procs)}")
                 time.sleep(0.01)
             start = time.time() + 0.1
             tmp = f"{signal}.go.tmp"
@@ -380,13 +538,27 @@ class Run:
             for proc in procs:
                 if proc.poll() is None:
                     proc.kill()
-            remove_host_files(host_path)
+                    proc.wait()
+            self.discard(host_path, database)
         seconds = max(r["seconds"] for r in results)
         return {
             "rate": sum(r["creates"] for r in results) / seconds,
             "p99": max(r["p99"] for r in results),
             "max": max(r["max"] for r in results),
         }
+
+
+def exits(procs: list[subprocess.Popen]) -> str:
+    """What the writers that ended with an error printed (the others are killed)."""
+    out = []
+    for proc in procs:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait()
+        elif proc.returncode != 0:
+            stdout, stderr = proc.communicate()
+            out.append(f"\nwriter: exit {proc.returncode}\n{stdout}\n{stderr}")
+    return "".join(out)
 
 
 def us(ns: float) -> str:
@@ -401,29 +573,52 @@ def per_round(values: list[float]) -> str:
     return " ".join(f"{v:.2f}" for v in values)
 
 
+def series(rows: list[dict], *path: str) -> list[float]:
+    out = []
+    for row in rows:
+        value: Any = row
+        for key in path:
+            value = value[key]
+        out.append(value)
+    return out
+
+
+def ratio_head(store: str) -> tuple[str, int]:
+    """The title of a ``store``/process ratio column and its width."""
+    title = f"{store}/process"
+    return title, max(13, len(title) + 1)
+
+
 def part123(run: Run) -> None:
     a = run.args
-    results: dict[str, list[dict]] = {store: [] for store in STORES}
+    stores = run.stores
+    others = stores[1:]  # each compared with the process store
+    results: dict[str, list[dict]] = {store: [] for store in stores}
     for r in range(a.rounds):
-        order = STORES if r % 4 in (0, 3) else STORES[::-1]  # ABBA
+        order = stores if r % 4 in (0, 3) else stores[::-1]  # ABBA
         for store in order:
             print(f"   round {r + 1}/{a.rounds}: {store} store ...", flush=True)
             results[store].append(run.round_child(store))
-    proc, host = results["process"], results["host"]
+    proc = results["process"]
 
-    def series(rows: list[dict], *path: str) -> list[float]:
-        out = []
-        for row in rows:
-            value: Any = row
-            for key in path:
-                value = value[key]
-            out.append(value)
-        return out
-
-    # The regular table was timed in both children of a round: the round's figure is
+    # The regular table was timed in every child of a round: the round's figure is
     # their mean.
     def regular(*path: str) -> list[float]:
-        return [(p + h) / 2 for p, h in zip(series(proc, *path), series(host, *path))]
+        rounds = zip(*(series(results[store], *path) for store in stores), strict=True)
+        return [statistics.fmean(values) for values in rounds]
+
+    stores_head = " ".join(f"{store:>10}" for store in stores)
+    ratios_head = " ".join(f"{t:>{w}}" for t, w in map(ratio_head, others))
+    head = f"   {'':<34} {stores_head} {'regular':>11} {ratios_head} {'regular/process':>16}"
+
+    def row(title: str, path: tuple[str, ...], regular_path: tuple[str, ...]) -> None:
+        values = {store: series(results[store], *path) for store in stores}
+        p, g = values["process"], regular(*regular_path)
+        cells = " ".join(f"{us(median(values[store])):>10}" for store in stores)
+        ratios = " ".join(
+            f"{x(ratio_of(values[store], p)):>{ratio_head(store)[1]}}" for store in others
+        )
+        print(f"   {title:<34} {cells} {us(median(g)):>11} {ratios} {x(ratio_of(g, p)):>16}")
 
     print()
     print(
@@ -431,29 +626,16 @@ def part123(run: Run) -> None:
         f"and {a.regular_creates} regular per round, in blocks taking turns; median of "
         f"{a.rounds} round means)"
     )
-    head = (
-        f"   {'':<34} {'process':>10} {'host':>10} {'regular':>11} "
-        f"{'host/process':>13} {'regular/process':>16}"
-    )
     print(head)
-    reg_w = regular("writes", "regular")
-    host_ratios = {}
-    for name, title in (
-        ("memory", "memory-only (MemRow)"),
-        ("manual", "persistent, manual policy (BigRow)"),
-    ):
-        p = series(proc, "writes", name)
-        h = series(host, "writes", name)
-        host_ratios[name] = [b / c for b, c in zip(h, p)]
-        print(
-            f"   {title:<34} {us(median(p)):>10} {us(median(h)):>10} {us(median(reg_w)):>11} "
-            f"{x(ratio_of(h, p)):>13} {x(ratio_of(reg_w, p)):>16}"
-        )
-    print(
-        "   regular = DefaultRow on the default SQLite file (journal mode delete, fsync per commit)"
-    )
-    for name, values in host_ratios.items():
-        print(f"   per-round host/process, {name}: {per_round(values)}")
+    names = (("memory", "memory-only (MemRow)"), ("manual", "persistent, manual policy (BigRow)"))
+    for name, title in names:
+        row(title, ("writes", name), ("writes", "regular"))
+    print(f"   {run.regular_note}")
+    for store in others:
+        for name, _ in names:
+            values = series(results[store], "writes", name)
+            ratios = [b / c for b, c in zip(values, series(proc, "writes", name))]
+            print(f"   per-round {store}/process, {name}: {per_round(ratios)}")
 
     print()
     print(
@@ -462,13 +644,7 @@ def part123(run: Run) -> None:
     )
     print(head)
     for op, title in (("get", "get(pk=...)"), ("count", "filter(number__lt=...).count()")):
-        p = series(proc, "reads", f"memory_{op}")
-        h = series(host, "reads", f"memory_{op}")
-        g = regular("reads", f"regular_{op}")
-        print(
-            f"   {title:<34} {us(median(p)):>10} {us(median(h)):>10} {us(median(g)):>11} "
-            f"{x(ratio_of(h, p)):>13} {x(ratio_of(g, p)):>16}"
-        )
+        row(title, ("reads", f"memory_{op}"), ("reads", f"regular_{op}"))
     print("   memory side: MemRow (memory only); regular: DefaultRow on the default database")
 
     print()
@@ -476,23 +652,26 @@ def part123(run: Run) -> None:
         f"3. Spool and restore of BigRow at {a.big_rows:,} rows (api.spool(force=True), "
         f"api.restore; median of {a.rounds} runs, one per round)"
     )
-    print(f"   {'':<34} {'process':>10} {'host':>10} {'host/process':>13}")
+    print(f"   {'':<34} {stores_head} {ratios_head}")
     for op in ("spool", "restore"):
-        p = series(proc, op)
-        h = series(host, op)
-        print(
-            f"   {op:<34} {median(p):>8.3f} s {median(h):>8.3f} s {x(ratio_of(h, p)):>13}"
-            f"   ({a.big_rows / median(p):,.0f} / {a.big_rows / median(h):,.0f} rows/s)"
+        values = {store: series(results[store], op) for store in stores}
+        p = values["process"]
+        cells = " ".join(f"{median(values[store]):>8.3f} s" for store in stores)
+        ratios = " ".join(
+            f"{x(ratio_of(values[store], p)):>{ratio_head(store)[1]}}" for store in others
         )
-    for op in ("spool", "restore"):
-        values = [b / c for b, c in zip(series(host, op), series(proc, op))]
-        print(f"   per-round host/process, {op}: {per_round(values)}")
+        rates = " / ".join(f"{a.big_rows / median(values[store]):,.0f}" for store in stores)
+        print(f"   {op:<34} {cells} {ratios}   ({rates} rows/s)")
+    for store in others:
+        for op in ("spool", "restore"):
+            ratios = [b / c for b, c in zip(series(results[store], op), series(proc, op))]
+            print(f"   per-round {store}/process, {op}: {per_round(ratios)}")
 
 
 def part4(run: Run) -> None:
     a = run.args
     counts = (1, a.writers)
-    trials = [(store, n) for store in STORES for n in counts]
+    trials = [(store, n) for store in run.stores for n in counts]
     results: dict[tuple[str, int], list[dict]] = {t: [] for t in trials}
     for r in range(a.write_rounds):
         order = trials if r % 2 == 0 else trials[::-1]
@@ -511,7 +690,7 @@ def part4(run: Run) -> None:
         f"   {'':<14} {'1 writer':>12} {f'{n} writers':>12} {f'{n}/1':>6} "
         f"{f'p99 call (1 / {n})':>20} {f'max call (1 / {n})':>20}"
     )
-    for store in STORES:
+    for store in run.stores:
         one, many = results[(store, 1)], results[(store, n)]
         rate1 = [t["rate"] for t in one]
         rate_n = [t["rate"] for t in many]
@@ -527,11 +706,21 @@ def part4(run: Run) -> None:
         "   creates/s summed over the processes; the process store gives each process its "
         "own database, the host store one file with one writer at a time"
     )
+    if "server" in run.stores:
+        print(f"   the server store: one table on the server for all, {run.server_note}")
 
 
 def parse_args() -> argparse.Namespace:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawTextHelpFormatter)
     p.add_argument("--quick", action="store_true", help="fewer rounds and calls (about 30 s)")
+    p.add_argument(
+        "--db",
+        choices=KINDS,
+        default="sqlite",
+        help="the default database: a SQLite file (default), or a new database on the "
+        "PostgreSQL / MariaDB server of the test suite, which adds the server store "
+        "(MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD override the credentials)",
+    )
     p.add_argument("--rounds", type=int, help="rounds of parts 1-3 (5; --quick 3)")
     p.add_argument("--creates", type=int, help="create() calls per model per round (1500; 600)")
     p.add_argument(
@@ -575,13 +764,26 @@ def main() -> int:
     started = time.perf_counter()
     run = Run(args)
     try:
-        print("django-memdb stores: process vs host" + (" (--quick)" if args.quick else ""))
+        print(
+            "django-memdb stores: " + " vs ".join(run.stores) + (" (--quick)" if args.quick else "")
+        )
         print(machine_line())
         print(load_line())
-        print(
-            f"default databases: SQLite files in {run.work}; host store files in {run.shm}; "
-            f"a new process (and copy of the default database) per store per round"
-        )
+        if run.kind == "sqlite":
+            print(
+                f"default databases: SQLite files in {run.work}; host store files in "
+                f"{run.shm}; a new process (and copy of the default database) per store per "
+                f"round"
+            )
+        else:
+            db = server_default(run.kind, "")
+            print(f"server: {run.server_info}")
+            print(
+                f"default databases: new databases {run.prefix}_<n> on {db['HOST']}:"
+                f"{db['PORT']}, each a copy of {run.prefix}_template, dropped after use; "
+                f"host store files in {run.shm}; a new process (and database) per store "
+                f"per round"
+            )
         run.setup_template()
         print("\nrunning parts 1-3 (creates, reads, spool/restore) ...", flush=True)
         part123(run)

@@ -84,10 +84,13 @@ def spool_committed() -> None:
     if raw is None or not state.ready:
         flush(policy="commit", raise_errors=True)
         return
-    spool_each(
-        [m for m in models_with_policy("commit") if store.is_dirty(state, raw, m)],
-        raise_errors=True,
-    )
+    if state.kind == "server":
+        from .server import dirty_models
+
+        dirty = dirty_models(raw, models_with_policy("commit"))  # one round trip
+    else:
+        dirty = [m for m in models_with_policy("commit") if store.is_dirty(state, raw, m)]
+    spool_each(dirty, raise_errors=True)
 
 
 def spool_after_commit() -> None:

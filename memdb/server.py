@@ -36,12 +36,15 @@ import sqlite3
 import threading
 import time
 import uuid
+import weakref
 from collections.abc import Iterator
 from contextlib import closing, contextmanager
 from typing import TYPE_CHECKING, Any
 
+from django.core.signals import setting_changed
 from django.db import DatabaseError, connections
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+from django.dispatch import receiver
 
 from . import store
 from .conf import memdb_settings
@@ -81,32 +84,58 @@ def private() -> BaseDatabaseWrapper:
         wrapper = None
     if wrapper is None:
         wrapper = wrappers[alias] = connections.create_connection(alias)
+        # Closed when this thread ends (its thread-local data goes, and this with it).
+        _local.__dict__.setdefault("closers", []).append(_Closer(wrapper))
         with _opened_lock:
-            _opened.append(wrapper)
+            _opened.add(wrapper)
         wrapper.memdb_private = True  # type: ignore[attr-defined]
         wrapper.execute_wrappers.clear()  # its writes are memdb's, not the caller's
     wrapper.ensure_connection()
     return wrapper
 
 
-#: Every private connection opened in this process (``close_all``).
-_opened: list[BaseDatabaseWrapper] = []
+class _Closer:
+    """Closes a thread's private connection when the thread's data is collected."""
+
+    def __init__(self, wrapper: BaseDatabaseWrapper) -> None:
+        self.wrapper = wrapper
+
+    def __del__(self) -> None:
+        if self.wrapper.connection is not None:
+            with contextlib.suppress(Exception):
+                self.wrapper.connection.close()
+
+
+#: The private connections of this process's live threads (``close_all``); a thread's
+#: goes with it (its connection is closed when it is collected).
+_opened: weakref.WeakSet[BaseDatabaseWrapper] = weakref.WeakSet()
 _opened_lock = threading.Lock()
 
 
 def forget_connections() -> None:
-    """Drop this process's private connections (a forked child opens its own)."""
-    global _local, _opened_lock
+    """Drop this process's private connections (a forked child opens its own), and
+    make its locks anew (one a parent thread held at the fork would stay held)."""
+    global _local, _opened_lock, _image_lock
     _local = threading.local()
     _opened_lock = threading.Lock()
+    _image_lock = threading.Lock()
     _opened.clear()
+
+
+@receiver(setting_changed)
+def _settings_changed(*, setting: str, **kwargs: Any) -> None:
+    """The private connections read values for the time zone settings they opened with
+    (as Django resets its own connections' on a change, in tests)."""
+    if setting in ("USE_TZ", "TIME_ZONE"):
+        close_all()
 
 
 def close_all() -> None:
     """Close the private connections of every thread (the test runner, before it drops
     its test database; their threads open new ones if they need them again)."""
     with _opened_lock:
-        opened, _opened[:] = list(_opened), []
+        opened = list(_opened)
+        _opened.clear()
     for wrapper in opened:
         if wrapper.connection is not None:
             with contextlib.suppress(Exception):
@@ -190,21 +219,27 @@ def consistent_read(wrapper: BaseDatabaseWrapper, tables: list[str]) -> Iterator
 
 
 @contextmanager
-def exclusive(wrapper: BaseDatabaseWrapper, tables: list[str]) -> Iterator[Any]:
-    """Writes to ``tables`` that no other session's writes interleave with, tracking off.
+def exclusive(wrapper: BaseDatabaseWrapper, tables: list[str], tracked: list[str]) -> Iterator[Any]:
+    """Writes to ``tables`` that no other session's writes interleave with, the change
+    tracking of the ``tracked`` ones off.
 
-    PostgreSQL: one transaction holding ``EXCLUSIVE`` locks (readers go on), the
-    triggers told to stand aside for it alone (``memdb.restoring``). MariaDB: the
+    PostgreSQL: one transaction holding ``EXCLUSIVE`` locks (readers go on), in which
+    the tracking triggers are disabled (for it alone: DDL is transactional). MariaDB: the
     tables write-locked until the block ends (``MEMORY`` tables have no transactions:
     an error half way leaves what was written so far).
     """
     if wrapper.vendor != "mysql":
         with transaction(wrapper) as cursor:
-            cursor.execute("SET LOCAL memdb.restoring = 'on'")
             names = ", ".join(_q(t) for t in tables)
             cursor.execute(f"LOCK TABLE {names} IN EXCLUSIVE MODE")
+            for table in tracked:  # for this transaction only: DDL is transactional
+                cursor.execute(f"ALTER TABLE {_q(table)} DISABLE TRIGGER USER")
             yield cursor
+            # Foreign keys checked now (and no check left pending, which would keep the
+            # triggers from being switched back on).
             cursor.execute("SET CONSTRAINTS ALL IMMEDIATE")
+            for table in tracked:
+                cursor.execute(f"ALTER TABLE {_q(table)} ENABLE TRIGGER USER")
         return
     cursor = wrapper.cursor()
     cursor.execute("SET @memdb_restoring = 1")
@@ -272,6 +307,13 @@ def prepare(state: store.StoreState) -> bool:
     it (an ``UNLOGGED`` table), so a store without its row is new, and the state of its
     tables (lost with them) starts clean.
     """
+    state.store_id, fresh = _ensure_store(state)
+    return fresh
+
+
+def _ensure_store(state: store.StoreState) -> tuple[str, bool]:
+    """``prepare``'s work, leaving ``state`` as it is: the store's id, and whether it is
+    new."""
     cursor = private().cursor()
     # MEMORY tables hold no TEXT: bounded VARCHARs there (a state is a few hundred bytes).
     text, short, create = (
@@ -289,15 +331,13 @@ def prepare(state: store.StoreState) -> bool:
     cursor.execute(f"SELECT id FROM {STORE_TABLE}")
     row = cursor.fetchone()
     if row is not None:
-        state.store_id = row[0]
-        return "restored" not in store.get_meta(state)
+        return str(row[0]), "restored" not in store.get_meta(state)
     store_id = uuid.uuid4().hex
     with transaction(private()) as cursor:
         cursor.execute(f"DELETE FROM {store.META_TABLE}")
         cursor.execute(f"DELETE FROM {store.STATE_TABLE}")
         cursor.execute(f"INSERT INTO {STORE_TABLE} (id) VALUES (%s)", [store_id])
-    state.store_id = store_id
-    return True
+    return store_id, True
 
 
 def current_id() -> str | None:
@@ -313,7 +353,10 @@ def current_id() -> str | None:
 def check(state: store.StoreState, label: str) -> None:
     """Raise ``store.StoreLost`` if the server lost the store since this process
     opened it (``claim`` calls it once it leads ``label``)."""
-    if current_id() != state.store_id:
+    restorer = state.recovering
+    if restorer is threading.current_thread():
+        return  # restoring it: its own claims
+    if restorer is not None or current_id() != state.store_id:
         raise store.StoreLost(
             f"{label}: the server lost the memory tables (a crash or a restart empties "
             f"UNLOGGED tables); they are restored before anything is spooled"
@@ -323,27 +366,46 @@ def check(state: store.StoreState, label: str) -> None:
 def recover(state: store.StoreState) -> None:
     """Build the store again and restore it, if the server lost it (first one to notice);
     take the new store's name if another process did so first."""
+    with store.boot_lock(state):
+        store_id, fresh = _ensure_store(state)
+        if not fresh:  # restored by another process (or thread) meanwhile
+            state.store_id = store_id
+            return
+        # The other threads of this process wait (``check``) until the tables are back.
+        state.recovering = threading.current_thread()
+        state.store_id = store_id
+        try:
+            created = create_schema(private())
+            store.logger.warning("memdb: the server lost the memory tables; restoring them")
+            state.tables.clear()
+            if memdb_settings.RESTORE_ON_START and restore_fresh(state, created) is not None:
+                store.set_meta(state, "restored", str(time.time()))
+        finally:
+            state.recovering = None
+
+
+def restore_fresh(state: store.StoreState, created: set[str]) -> set[str] | None:
+    """Restore a new store (``restore_at_start``), the tables the server kept aside."""
+    from .registry import persistent_models
     from .restore import restore_at_start
 
-    with store.boot_lock(state):
-        fresh = prepare(state)
-        if not fresh:
-            return
-        create_schema(private())
-        store.logger.warning("memdb: the server lost the memory tables; restoring them")
-        state.tables.clear()
-        if memdb_settings.RESTORE_ON_START and restore_at_start(state) is not None:
-            store.set_meta(state, "restored", str(time.time()))
+    kept = {m._meta.label for m in survivors(created)}
+    return restore_at_start(
+        state, [m._meta.label for m in persistent_models() if m._meta.label not in kept]
+    )
 
 
 # -- schema ----------------------------------------------------------------------------
 
 
-def create_schema(wrapper: BaseDatabaseWrapper) -> None:
-    """Create the missing memory tables (``UNLOGGED``), counters, journals and triggers."""
+def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
+    """Create the missing memory tables (``UNLOGGED``, ``MEMORY``), counters, journals
+    and triggers; the tables it created."""
     from .registry import memory_models
 
     models = memory_models()
+    _migrate_drifted(wrapper, models)
+    created: set[str] = set()
     for round_models in ([m for m in models if not m._meta.auto_created], models):
         with wrapper.cursor() as cursor:
             existing = set(wrapper.introspection.table_names(cursor))
@@ -351,17 +413,112 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
         if missing:
             with wrapper.schema_editor() as editor:
                 for model in missing:
-                    if unfit_fields(model, wrapper):  # memdb.W004 names them
-                        with _engine(wrapper, "InnoDB"):
-                            editor.create_model(model)
-                    else:
-                        editor.create_model(model)
-    # One transaction on PostgreSQL (its DDL is transactional): the writers of other
-    # processes see the old tracking or the new, whole.
-    with transaction(private()) as cursor:
-        for model in models:
-            for sql in _tracking_sql(wrapper, model):
+                    with _engine(wrapper, "InnoDB" if unfit_fields(model, wrapper) else None):
+                        editor.create_model(model)  # memdb.W004 names the InnoDB ones
+            created |= {m._meta.db_table for m in missing}
+    _set_tracking_up(wrapper, models)
+    return created
+
+
+def _set_tracking_up(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> None:
+    """Make each table's tracking as this code makes it, if it is not already.
+
+    Making it takes locks on the table that every writer of it waits for (and each
+    process runs this at its start), so a table whose tracking is as this code makes it
+    (its SQL's digest in ``memdb_meta``) is left alone; another is made in a
+    transaction of its own on PostgreSQL (DDL is transactional there: the writers of
+    other processes see the old tracking or the new, whole).
+    """
+    state = store.current_state()
+    made = store.get_meta(state)
+    for model in models:
+        statements = _tracking_sql(wrapper, model)
+        digest = hashlib.sha256("\n".join(statements).encode()).hexdigest()
+        key = f"tracking:{model._meta.db_table}"
+        if made.get(key) == digest:
+            continue
+        with transaction(private()) as cursor:
+            for sql in statements:
                 cursor.execute(sql)
+        store.set_meta(state, key, digest)
+
+
+def survivors(created: set[str]) -> list[ModelType]:
+    """The persistent models whose tables a server that lost the store kept: on MariaDB,
+    the tables kept in InnoDB (memdb.W004) that this start did not create. Their rows
+    are newer than (or as new as) storage's, so they are not restored; the state of
+    each (lost with the store) is taken from storage, and its next spool stores it
+    whole."""
+    from .registry import persistent_models
+    from .spooler import stored_rows
+
+    wrapper = private()
+    kept = [
+        m
+        for m in persistent_models()
+        if m._meta.db_table not in created and unfit_fields(m, wrapper)
+    ]
+    state = store.current_state()
+    for model in kept:
+        latest = stored_rows(model).order_by("-generation").values_list("generation", flat=True)
+        with store.claim(state, model._meta.label) as table_state:
+            table_state.generation = latest.first() or 0
+            table_state.base = None
+            table_state.spooled_seq = -1  # dirty: spooled whole at its next spool
+    return kept
+
+
+def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> None:
+    """Bring tables an earlier deploy made up to their models, in place, rows kept.
+
+    The tables outlive a deploy on the server. A column the model no longer has is
+    dropped; a field the table lacks is added by Django's schema editor (its rows get
+    the field's default). Columns are compared by name: a changed type is not migrated.
+    A new field with no default cannot fill the rows already there: the table is left
+    as it is, with an error in the log. The stored snapshot restores to the same rows
+    (a restore maps columns the same way), so it stays; the table's next spool after a
+    write stores it whole, in its new columns.
+    """
+    with wrapper.cursor() as cursor:
+        existing = set(wrapper.introspection.table_names(cursor))
+        for model in models:
+            table = model._meta.db_table
+            if table not in existing or model._meta.auto_created:
+                continue
+            present = {c.name for c in wrapper.introspection.get_table_description(cursor, table)}
+            fields = _fields(model)
+            gone = sorted(present - {f.column for f in fields})
+            added = [f for f in fields if f.column not in present]
+            if not gone and not added:
+                continue
+            try:
+                with wrapper.schema_editor() as editor:
+                    for column in gone:
+                        editor.execute(f"ALTER TABLE {_q(table)} DROP COLUMN {_q(column)}")
+                    for f in added:
+                        editor.add_field(model, f)
+            except DatabaseError as exc:
+                store.logger.error(
+                    "memdb: the memory table %s is not as its model %s makes it now, and "
+                    "could not be brought up to it (%s); it is left as it is. Give new "
+                    "fields a default, or drop the table (spool it first) to have it made "
+                    "again and restored",
+                    table,
+                    model._meta.label,
+                    exc,
+                )
+                continue
+            state = store.current_state()
+            with store.claim(state, model._meta.label) as table_state:
+                table_state.base = None  # the next spool stores the whole table
+            store.logger.warning(
+                "memdb: the memory table %s was not as its model %s makes it now; "
+                "columns dropped: %s; added: %s; its rows kept",
+                table,
+                model._meta.label,
+                ", ".join(gone) or "none",
+                ", ".join(f.column for f in added) or "none",
+            )
 
 
 #: Column types a MariaDB ``MEMORY`` table cannot hold.
@@ -377,8 +534,11 @@ def unfit_fields(model: ModelType, wrapper: BaseDatabaseWrapper) -> list[Any]:
 
 
 @contextmanager
-def _engine(wrapper: BaseDatabaseWrapper, engine: str) -> Iterator[None]:
-    """Make the tables created in the block with ``engine`` (MariaDB)."""
+def _engine(wrapper: BaseDatabaseWrapper, engine: str | None) -> Iterator[None]:
+    """Make the tables created in the block with ``engine`` (MariaDB; None: MEMORY)."""
+    if engine is None:
+        yield
+        return
     with wrapper.cursor() as cursor:
         cursor.execute(f"SET SESSION default_storage_engine = {engine}")
     try:
@@ -394,45 +554,56 @@ def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
     table = model._meta.db_table
     counter, column = _q(store.changes_table(table)), store.journal_column(model)
     journal = _q(store.journal_table(table))
-    track, wipe = _q(f"memdb_track_{table}"), _q(f"memdb_wipe_{table}")
     statements = [
         f"CREATE UNLOGGED TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
         f'"rows" bigint NOT NULL DEFAULT 0, whole boolean NOT NULL DEFAULT false)',
         _seed_counter(counter, table),
     ]
-    upsert = {"NEW": "", "OLD": ""}
     if column is not None:
         pk_type = model._meta.pk.rel_db_type(wrapper)
         statements.append(
             f"CREATE UNLOGGED TABLE IF NOT EXISTS {journal} "
             f"(pk {pk_type} PRIMARY KEY, seq bigint NOT NULL)"
         )
-        for ref in upsert:
-            upsert[ref] = (
-                f"INSERT INTO {journal} (pk, seq) VALUES ({ref}.{_q(column)}, s) "
+    # Statement triggers over the statement's transition tables: one counter update per
+    # statement, not per row (row triggers made a bulk insert quadratic: every update
+    # of the one counter row in a transaction adds a version the next one steps over).
+    events = {
+        "INSERT": ("NEW TABLE AS memdb_new", ["memdb_new"], '"rows" + n'),
+        "UPDATE": (
+            "OLD TABLE AS memdb_old NEW TABLE AS memdb_new",
+            ["memdb_old", "memdb_new"],
+            '"rows"',
+        ),
+        "DELETE": ("OLD TABLE AS memdb_old", ["memdb_old"], '"rows" - n'),
+    }
+    for event, (referencing, sources, rows) in events.items():
+        name = _q(store.short_name(f"memdb_{event.lower()}_{table}"))
+        journal_sql = ""
+        if column is not None:
+            keys = " UNION ".join(f"SELECT {_q(column)} FROM {source}" for source in sources)
+            journal_sql = (
+                f"INSERT INTO {journal} (pk, seq) SELECT k.{_q(column)}, s FROM ({keys}) AS k "
                 f"ON CONFLICT (pk) DO UPDATE SET seq = EXCLUDED.seq;"
             )
-    restoring = "IF current_setting('memdb.restoring', true) = 'on' THEN RETURN NULL; END IF;"
+        statements += [
+            f"CREATE OR REPLACE FUNCTION {name}() RETURNS trigger LANGUAGE plpgsql AS "
+            f"$memdb$ DECLARE s bigint; n bigint; BEGIN "
+            f"SELECT count(*) INTO n FROM {sources[-1]}; IF n = 0 THEN RETURN NULL; END IF; "
+            f'UPDATE {counter} SET seq = seq + 1, "rows" = {rows} RETURNING seq INTO s; '
+            f"{journal_sql} RETURN NULL; END $memdb$",
+            # Replaced in place: dropping and making it again would leave a moment in
+            # which another process's writes went untracked (and so unspooled).
+            f"CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {_q(table)} "
+            f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()",
+        ]
+    # TRUNCATE names no rows: the next spool stores the whole table.
+    wipe = _q(store.short_name(f"memdb_truncate_{table}"))
     statements += [
-        f"CREATE OR REPLACE FUNCTION {track}() RETURNS trigger LANGUAGE plpgsql AS $memdb$ "
-        f"DECLARE s bigint; BEGIN {restoring} "
-        f"IF TG_OP = 'INSERT' THEN "
-        f'UPDATE {counter} SET seq = seq + 1, "rows" = "rows" + 1 RETURNING seq INTO s; '
-        f"{upsert['NEW']} "
-        f"ELSIF TG_OP = 'UPDATE' THEN "
-        f"UPDATE {counter} SET seq = seq + 1 RETURNING seq INTO s; {upsert['OLD']} "
-        f"{upsert['NEW']} "
-        f'ELSE UPDATE {counter} SET seq = seq + 1, "rows" = "rows" - 1 RETURNING seq INTO s; '
-        f"{upsert['OLD']} END IF; RETURN NULL; END $memdb$",
-        # TRUNCATE names no rows: the next spool stores the whole table.
         f"CREATE OR REPLACE FUNCTION {wipe}() RETURNS trigger LANGUAGE plpgsql AS $memdb$ "
-        f'BEGIN {restoring} UPDATE {counter} SET seq = seq + 1, "rows" = 0, whole = true; '
+        f'BEGIN UPDATE {counter} SET seq = seq + 1, "rows" = 0, whole = true; '
         + (f"DELETE FROM {journal}; " if column is not None else "")
         + "RETURN NULL; END $memdb$",
-        # Replaced in place: dropping and making it again would leave a moment in
-        # which another process's writes went untracked (and so unspooled).
-        f"CREATE OR REPLACE TRIGGER {track} AFTER INSERT OR UPDATE OR DELETE ON "
-        f"{_q(table)} FOR EACH ROW EXECUTE FUNCTION {track}()",
         f"CREATE OR REPLACE TRIGGER {wipe} AFTER TRUNCATE ON {_q(table)} "
         f"FOR EACH STATEMENT EXECUTE FUNCTION {wipe}()",
     ]
@@ -456,15 +627,19 @@ def _tracking_sql_mysql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[
     table = model._meta.db_table
     counter, column = _q(store.changes_table(table)), store.journal_column(model)
     journal = _q(store.journal_table(table))
+    # A table kept in InnoDB keeps its counter and journal there too: a rollback then
+    # undoes the counting of the writes it undoes, and they outlive a restart as it does.
+    engine = " ENGINE=InnoDB" if unfit_fields(model, wrapper) else ""
     statements = [
         f"CREATE TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
-        f'"rows" bigint NOT NULL DEFAULT 0, whole bool NOT NULL DEFAULT false)',
+        f'"rows" bigint NOT NULL DEFAULT 0, whole bool NOT NULL DEFAULT false){engine}',
         _seed_counter(counter, table),
     ]
     if column is not None:
         pk_type = model._meta.pk.rel_db_type(wrapper)
         statements.append(
-            f"CREATE TABLE IF NOT EXISTS {journal} (pk {pk_type} PRIMARY KEY, seq bigint NOT NULL)"
+            f"CREATE TABLE IF NOT EXISTS {journal} "
+            f"(pk {pk_type} PRIMARY KEY, seq bigint NOT NULL){engine}"
         )
     for event in store.TRIGGER_EVENTS:
         rows = {"INSERT": ', "rows" = "rows" + 1', "DELETE": ', "rows" = "rows" - 1'}
@@ -493,12 +668,29 @@ def truncated(wrapper: BaseDatabaseWrapper, table: str) -> None:
     if not any(m._meta.db_table == table for m in memory_models()):
         return
     with wrapper.cursor() as cursor:
+        # Counted, not set to 0: another session may have written the table since.
         cursor.execute(
-            f'UPDATE {_q(store.changes_table(table))} SET seq = seq + 1, "rows" = 0, whole = true'
+            f'UPDATE {_q(store.changes_table(table))} SET seq = seq + 1, "rows" = '
+            f"(SELECT count(*) FROM {_q(table)}), whole = true"
         )
         journal = store.journal_table(table)
         if journal in wrapper.introspection.table_names(cursor):
             cursor.execute(f"DELETE FROM {_q(journal)}")
+
+
+def empty(models: list[ModelType]) -> None:
+    """Empty the tables of ``models`` at once, counted as writes (the tests' reset):
+    ``TRUNCATE``, which fires the tracking's statement trigger on PostgreSQL and is
+    counted by ``truncated`` on MariaDB."""
+    wrapper = private()
+    tables = [m._meta.db_table for m in models]
+    with wrapper.cursor() as cursor:
+        if wrapper.vendor == "mysql":
+            for table in tables:
+                cursor.execute(f"TRUNCATE TABLE {_q(table)}")
+                truncated(wrapper, table)
+        else:
+            cursor.execute(f"TRUNCATE {', '.join(_q(t) for t in tables)}")
 
 
 # -- the SQLite image format -----------------------------------------------------------
@@ -550,7 +742,16 @@ def _image_rows(model: ModelType, wrapper: BaseDatabaseWrapper, **lookup: Any) -
         connection=wrapper
     )
     for row in compiler.results_iter(tuple_expected=True):
-        yield [f.get_db_prep_save(v, image) for f, v in zip(fields, row, strict=True)]
+        yield [_bound(f.get_db_prep_save(v, image)) for f, v in zip(fields, row, strict=True)]
+
+
+def _bound(value: Any) -> Any:
+    """A value as the ``sqlite3`` module binds it (its adapters: Django's for Decimal,
+    and bytes for a memoryview), so a delta holds what the table would."""
+    if isinstance(value, memoryview):
+        return bytes(value)
+    adapter = sqlite3.adapters.get((type(value), sqlite3.PrepareProtocol))
+    return value if adapter is None else adapter(value)
 
 
 def _image_table_sql(model: ModelType) -> str:
@@ -638,6 +839,20 @@ def read_delta(model: ModelType) -> Any:
     return Delta(seq=int(seq), rows=int(rows), changed=len(keys), payload=payload)
 
 
+def dirty_models(conn: Conn, models: tuple[ModelType, ...]) -> list[ModelType]:
+    """Which of ``models`` changed since their last spool (``store.is_dirty``), asked in
+    one query: each table's counter against the ``spooled_seq`` of its state."""
+    if not models:
+        return []
+    parts = [
+        f"SELECT {i}, (SELECT seq FROM {_q(store.changes_table(m._meta.db_table))}), "
+        f"(SELECT spooled_seq FROM {store.STATE_TABLE} WHERE label = ?)"
+        for i, m in enumerate(models)
+    ]
+    rows = conn.execute(" UNION ALL ".join(parts), [m._meta.label for m in models]).fetchall()
+    return [models[i] for i, seq, spooled in rows if seq is None or seq != (spooled or 0)]
+
+
 def forget(model: ModelType, seq: int) -> None:
     """Drop the journal keys a spool read at counter ``seq`` stored; a ``TRUNCATE``
     before ``seq`` is stored too."""
@@ -675,6 +890,15 @@ def load(jobs: list[Any]) -> None:
     for job in jobs:
         with closing(sqlite3.connect(job.path, isolation_level=None)) as image:
             columns = fold_image(image, job)
+            # Checked before the table is touched (MariaDB cannot undo a load half done).
+            held = image.execute(f"SELECT count(*) FROM {_q(job.model._meta.db_table)}")
+            (count,) = held.fetchone()
+        expected = job.deltas[-1][1] if job.deltas else job.snapshot.row_count
+        if count != expected:
+            what = "its journal" if job.deltas else "the snapshot"
+            raise RestoreError(
+                f"{job.model._meta.label}: {what} says {expected} rows but holds {count}"
+            )
         prepared.append((job, columns))
     labels = ", ".join(job.model._meta.label for job in jobs)
     try:
@@ -684,7 +908,8 @@ def load(jobs: list[Any]) -> None:
             tables += [table, store.changes_table(table)]
             if store.journal_column(job.model):
                 tables.append(store.journal_table(table))
-        with exclusive(wrapper, tables) as cursor:
+        tracked = [job.model._meta.db_table for job in jobs]
+        with exclusive(wrapper, tables, tracked) as cursor:
             for job, _ in reversed(prepared):
                 cursor.execute(f"DELETE FROM {_q(job.model._meta.db_table)}")
             for job, columns in prepared:
@@ -728,8 +953,18 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
         f"VALUES ({', '.join('%s' for _ in columns)})"
     )
     rows = 0
+    names = ", ".join(_q(c) for c in columns)
     with closing(sqlite3.connect(job.path, isolation_level=None)) as source:
-        result = source.execute(f"SELECT {', '.join(_q(c) for c in columns)} FROM {table}")
+        # Through a table typed as the model's, as the other stores load it: SQLite's
+        # column affinity turns each value into what the SQLite converters expect (an
+        # untyped image column, a 0.0.6 JSON snapshot's, holds decimals as text).
+        typed = _q("memdb_typed")
+        source.execute(f"DROP TABLE IF EXISTS {typed}")
+        source.execute(
+            _image_table_sql(model).replace(f"CREATE TABLE {table}", f"CREATE TABLE {typed}", 1)
+        )
+        source.execute(f"INSERT INTO {typed} ({names}) SELECT {names} FROM {table}")
+        result = source.execute(f"SELECT {names} FROM {typed}")
         while batch := result.fetchmany(BATCH):
             values = []
             for raw in batch:

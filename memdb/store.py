@@ -298,8 +298,11 @@ class StoreState:
     skipped: set[str] = field(default_factory=set)
     #: Lets spools and restores get their locks between writers' transactions.
     gate: Gate = field(default_factory=Gate)
-    #: The id of the ``host`` store's file this process opened (``prepare``).
+    #: The id of the ``host`` store's file this process opened (``prepare``), or of the
+    #: ``server`` store's tables.
     store_id: str | None = None
+    #: The thread restoring a ``server`` store the server lost (``server.recover``).
+    recovering: threading.Thread | None = None
 
     @property
     def kind(self) -> str:
@@ -427,12 +430,19 @@ def claim(state: StoreState, label: str, *, wait: bool = True) -> Iterator[Table
 def restored_if_lost(state: StoreState, action: Callable[[], T]) -> T:
     """Run ``action`` (which claims tables); if the server lost the store meanwhile
     (``StoreLost``), restore the store first (``server.recover``), then run it again."""
-    try:
-        return action()
-    except StoreLost as exc:
-        logger.warning("memdb: %s", exc)
-        server.recover(state)
-        return action()
+    for attempt in range(RECOVERY_TRIES):
+        try:
+            return action()
+        except StoreLost as exc:
+            if attempt == 0:
+                logger.warning("memdb: %s", exc)
+            server.recover(state)  # or wait for the thread or process restoring it
+    return action()
+
+
+#: Times an action that met a lost ``server`` store waits for its restore and tries
+#: again (another thread may be restoring it meanwhile).
+RECOVERY_TRIES = 5
 
 
 @contextmanager
@@ -568,15 +578,20 @@ def bootstrap(wrapper: BaseDatabaseWrapper) -> None:
         try:
             with boot_lock(state):
                 fresh = prepare(wrapper, state)
-                create_schema(wrapper)
+                created = create_schema(wrapper)
                 from .spooler import remove_stale_scratch_files
 
                 remove_stale_scratch_files()
                 if memdb_settings.RESTORE_ON_START and fresh:
                     from .restore import restore_at_start
 
+                    restored = (
+                        server.restore_fresh(state, created)
+                        if state.kind == "server"
+                        else restore_at_start(state)
+                    )
                     # Only once storage could be read: until then, every start tries.
-                    if restore_at_start(state) is not None and state.shared:
+                    if restored is not None and state.shared:
                         set_meta(state, "restored", str(time.time()))
             state.ready = True
         finally:
@@ -660,14 +675,14 @@ def _warn_if_multi_process(state: StoreState) -> None:
         logger.warning("memdb: %s", warning)
 
 
-def create_schema(wrapper: BaseDatabaseWrapper) -> None:
+def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
     """Create missing memory tables from the current models, then the tracking triggers
-    (and bring a kept ``host`` store's tables up to their models: ``_migrate_drifted``)."""
+    (and bring a kept ``host`` store's tables up to their models: ``_migrate_drifted``).
+    Returns the tables a ``server`` store created (no other store needs to know)."""
     from .registry import memory_models
 
     if state_for(state_name(wrapper.settings_dict)).kind == "server":
-        server.create_schema(wrapper)
-        return
+        return server.create_schema(wrapper)
     models = memory_models()
     _migrate_drifted(wrapper, models)
     # Creating a model creates its auto-created M2M tables too, hence two rounds.
@@ -700,6 +715,7 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> None:
     with wrapper.cursor() as cursor:
         for sql in statements:
             cursor.execute(sql)
+    return set()
 
 
 def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> None:
@@ -995,7 +1011,7 @@ def _after_fork_in_child() -> None:
     _states_lock = threading.Lock()
     _state_conns = threading.local()
     _raw = threading.local()
-    server.forget_connections()
+    server.forget_connections()  # and its locks
     for state in _states.values():
         if not state.shared:  # a copy of the parent's tables: its spools are not ours
             for table in state.tables.values():

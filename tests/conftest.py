@@ -51,7 +51,12 @@ def reset_memdb() -> None:
                 }
 
             if store.current_state().kind == "server":
-                seqs = wipe()  # autocommit: a few tables, no other writer
+                from memdb import server
+
+                server.empty(memory_models())  # TRUNCATE: no per-row work
+                seqs = {
+                    m._meta.label: store.read_seq(conn, m._meta.db_table) for m in memory_models()
+                }
             else:
                 seqs = store.run_locked_transaction(conn, wipe, immediate=True)
             PersistentStorage.objects.using(storage_alias()).all().delete()

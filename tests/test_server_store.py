@@ -502,6 +502,68 @@ def test_a_process_starting_beside_a_writer_leaves_every_write_tracked(
     assert restored == {"n": written + 1}
 
 
+@server_store
+def test_a_table_an_older_deploy_made_is_brought_up_to_its_model(default_db: str) -> None:
+    """The tables outlive a deploy on the server: a column the model lost is dropped,
+    a field it gained is added with its default, the rows are kept (the stored
+    snapshot restores to the same rows, so it stays), and the next spool after a write
+    stores the whole table, in its new columns."""
+    env = server_env(default_db)
+    run(
+        "Score.objects.create(player='a', points=1)\nScore.objects.create(player='b', points=2)\n"
+        "api.spool('testapp.Score')\nreport(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    with database(default_db) as cursor:  # as the older code made it
+        cursor.execute("ALTER TABLE testapp_score ADD COLUMN retired integer")
+        cursor.execute("ALTER TABLE testapp_score DROP COLUMN points")
+    proc = run_process(
+        PRELUDE + "(r,) = api.spool('testapp.Score')\n"
+        "Score.objects.filter(player='b').update(points=5)\n"
+        "(s,) = api.spool('testapp.Score')\n"
+        "report(rows=rows(Score), unchanged=r.unchanged, kind=s.kind, generation=s.generation)\n",
+        env,
+    )
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout) == {
+        "rows": [[1, "a", 0], [2, "b", 5]],
+        "unchanged": True,
+        "kind": "snapshot",
+        "generation": 2,
+    }
+    assert "columns dropped: retired; added: points; its rows kept" in proc.stderr
+    lose_server(default_db)
+    assert run(SCORE_INFO, env)["rows"] == [[1, "a", 0], [2, "b", 5]]
+
+
+QUERIES = """
+from django.db import connections
+from django.test.utils import CaptureQueriesContext
+Hit.objects.create(path="/warm-up")
+CommitScore.objects.create(player="warm-up", points=0)
+with CaptureQueriesContext(connections["memdb"]) as hit:
+    Hit.objects.create(path="/")
+with CaptureQueriesContext(connections["memdb"]) as score:
+    CommitScore.objects.create(player="a", points=1)
+report(hit=[q["sql"][:30] for q in hit.captured_queries],
+       score=len(score.captured_queries),
+       stored=PersistentStorage.objects.filter(model_name="CommitScore").count())
+"""
+
+
+@server_store
+def test_a_write_to_a_table_without_the_commit_policy_asks_nothing_more(default_db: str) -> None:
+    """Every question to the server is a round trip: a write to a table that is not
+    ``commit``-policy makes none beside its own statement; a write to one asks once
+    which ``commit`` tables are dirty (one query for all of them), then spools."""
+    env = server_env(default_db, MEMDB_TEST_POLICY="commit")
+    result = run(QUERIES, env, migrate=True)
+    assert len(result["hit"]) == 1 and result["hit"][0].startswith("INSERT INTO")
+    assert result["score"] == 2, "the INSERT and one dirty check"
+    assert result["stored"] >= 2
+
+
 TRUNCATED = """
 from django.db import connections
 CommitScore.objects.create(player="a", points=1)

@@ -24,7 +24,7 @@ from typing import Any
 
 from django.db.backends.mysql import base as mysql_base
 
-from memdb.backends.postgresql.base import ServerStoreMixin
+from memdb.backends.postgresql.base import ServerStoreMixin, after_write
 
 
 class DatabaseWrapper(ServerStoreMixin, mysql_base.DatabaseWrapper):
@@ -55,4 +55,5 @@ def _track_truncate(
         from memdb import server
 
         server.truncated(context["connection"], match.group(1))
+        after_write(context["connection"], match.group(1))
     return result

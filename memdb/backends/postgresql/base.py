@@ -13,6 +13,7 @@ store adds (``memdb.server``):
 
 from __future__ import annotations
 
+import re
 from typing import Any
 
 from django.db.backends.postgresql import base as pg_base
@@ -45,7 +46,8 @@ class ServerStoreMixin:
         try:
             state = store.state_for(store.state_name(self.settings_dict))
             if state.ready and state.booting is None:
-                if server.current_id() != state.store_id:
+                # Lost, or being restored by another thread of this process: wait for it.
+                if state.recovering is not None or server.current_id() != state.store_id:
                     server.recover(state)
             else:
                 store.bootstrap(self)  # type: ignore[arg-type]
@@ -59,20 +61,42 @@ class DatabaseWrapper(ServerStoreMixin, pg_base.DatabaseWrapper):
     SchemaEditorClass = DatabaseSchemaEditor
 
 
-_WRITES = ("INSERT", "UPDATE", "DELETE", "TRUNCATE", "REPLACE")
+_WRITE = re.compile(
+    r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE(?:\s+TABLE)?|REPLACE\s+INTO)\s+"
+    r"[`\"]?([^`\"\s(,;]+)",
+    re.IGNORECASE,
+)
 
 
 def track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
-    """After a statement that changed rows, spool ``commit``-policy tables once committed."""
-    result = execute(sql, params, many, context)
-    if sql.lstrip()[:8].upper().startswith(_WRITES) and context["cursor"].rowcount != 0:
-        from memdb import policies
+    """After a statement that changed rows, spool ``commit``-policy tables once committed.
 
-        wrapper = context["connection"]
-        if not policies.tables_with_policy("commit"):
-            pass
-        elif wrapper.in_atomic_block:
-            policies.spool_on_commit(wrapper)
-        else:
-            policies.spool_committed()
+    A statement that names the table it writes (as Django's do) and that table has no
+    ``commit`` policy costs nothing more: every check of the ``commit`` tables is a round
+    trip to the server.
+    """
+    result = execute(sql, params, many, context)
+    write = _WRITE.match(sql)
+    if write is not None and context["cursor"].rowcount != 0:
+        # A TRUNCATE may name several tables: checked whichever it names first.
+        truncate = sql.lstrip()[:8].upper() == "TRUNCATE"
+        after_write(context["connection"], "" if truncate else write.group(1))
     return result
+
+
+def after_write(wrapper: Any, table: str) -> None:
+    """Spool the ``commit``-policy tables after a write to ``table`` ("": unknown)."""
+    from memdb import policies
+
+    commit_tables = policies.tables_with_policy("commit")
+    if not commit_tables:
+        pass
+    elif table and table not in commit_tables and "." not in table:
+        pass  # another table (a raw statement naming a schema is checked anyway)
+    elif wrapper.in_atomic_block:
+        policies.spool_on_commit(wrapper)
+    elif wrapper.get_autocommit():
+        policies.spool_committed()
+    # In a transaction managed by hand (set_autocommit(False)) the write is not
+    # committed yet (and a spool's read would wait for it on MariaDB): the interval
+    # spooler stores the table within INTERVAL seconds.
