@@ -974,6 +974,11 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
                         value = converter(value, col, image)
                     row.append(f.get_db_prep_save(value, wrapper))
                 values.append(row)
-            cursor.executemany(insert, values)
+            if wrapper.vendor == "postgresql":  # COPY: several times executemany's speed
+                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                    for row in values:
+                        copy.write_row(row)
+            else:
+                cursor.executemany(insert, values)
             rows += len(values)
     return rows
