@@ -33,6 +33,7 @@ import contextlib
 import hashlib
 import re
 import sqlite3
+import sys
 import threading
 import time
 import uuid
@@ -61,7 +62,9 @@ BATCH = 5000
 def state_name(settings_dict: dict[str, Any]) -> str:
     """The key of a server store among this process's stores (``store.state_for``)."""
     parts = [settings_dict.get(k) or "" for k in ("HOST", "PORT", "NAME")]
-    return "server:" + "/".join(str(p) for p in parts)
+    # A search_path in the connection options is another store in the same database.
+    options = (settings_dict.get("OPTIONS") or {}).get("options", "")
+    return "server:" + "/".join(str(p) for p in parts) + (f"?{options}" if options else "")
 
 
 # -- connections -----------------------------------------------------------------------
@@ -101,7 +104,9 @@ class _Closer:
         self.wrapper = wrapper
 
     def __del__(self) -> None:
-        if self.wrapper.connection is not None:
+        # Not at interpreter shutdown: the process's end closes the sockets anyway, and a
+        # driver's goodbye then may wait for a buffer a dead daemon thread holds.
+        if self.wrapper.connection is not None and not sys.is_finalizing():
             with contextlib.suppress(Exception):
                 self.wrapper.connection.close()
 

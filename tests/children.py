@@ -110,6 +110,10 @@ def fresh_database(kind: str, directory: Path) -> Iterator[str]:
     finally:
         with conn.cursor() as cursor:
             cursor.execute(drop)
+            if kind == "mysql":  # the children's own server stores (tests/settings.py)
+                cursor.execute("SHOW DATABASES LIKE %s", [f"{name}\\_p%"])
+                for (own,) in cursor.fetchall():
+                    cursor.execute(f"DROP DATABASE IF EXISTS `{own}`")
         conn.close()
 
 

@@ -112,13 +112,16 @@ from tests.children import default_db  # noqa: E402,F401
 def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item]) -> None:
     """Leave out what this run cannot run; the summary counts them as deselected:
     with MEMDB_TEST_STORE=host or server, the tests about the process store alone
-    (marked ``process_store``); on SQLite, the tests of the server store (marked
+    (marked ``process_store``); with the server store, those about the SQLite stores
+    (``sqlite_store``); on SQLite, the tests of the server store (marked
     ``server_store``: they need PostgreSQL or MariaDB)."""
     import os
 
     left_out = set()
     if settings.MEMDB.get("STORE", "process") != "process":
         left_out.add("process_store")
+    if settings.MEMDB.get("STORE") == "server":
+        left_out.add("sqlite_store")
     if os.environ.get("MEMDB_TEST_DB", "sqlite") not in ("postgresql", "mysql"):
         left_out.add("server_store")
     other = [item for item in items if any(item.get_closest_marker(m) for m in left_out)]

@@ -146,9 +146,18 @@ if _env("MEMDB_TEST_STORE", "process") == "host":
         os.environ["MEMDB_TEST_HOST_DIR"], f"{os.getpid()}.sqlite3"
     )  # a child given its file makes no directory: nobody would remove it
 
-# MEMDB_TEST_STORE=server: the memory tables are UNLOGGED tables on the default
-# database's PostgreSQL server (MEMDB_TEST_DB=postgresql).
+# MEMDB_TEST_STORE=server: the memory tables are UNLOGGED (PostgreSQL) or MEMORY
+# (MariaDB) tables on the default database's server. A child process a test starts gets
+# a server store of its own (a schema, or a database, named after its pid: as if the
+# server had lost the tables since the last process), so a restart loses the memory
+# tables as with the other stores; MEMDB_TEST_SERVER_SHARED=1 (tests/test_server_store.py)
+# keeps every child on the one store of its database.
 if _env("MEMDB_TEST_STORE") == "server":
     MEMDB["STORE"] = "server"
 
 memdb.configure(globals())
+
+from tests.server_stores import own_server_store, wants_own_server_store  # noqa: E402
+
+if wants_own_server_store():
+    own_server_store(DATABASES["memdb"], _kind)

@@ -66,6 +66,7 @@ def test_e002_router_missing() -> None:
     assert "DATABASE_ROUTERS" in messages[0].hint
 
 
+@pytest.mark.sqlite_store
 def test_e003_memory_alias_with_another_engine() -> None:
     with memory_database(ENGINE="django.db.backends.sqlite3"):
         messages = memdb_checks.check_settings()
@@ -91,6 +92,7 @@ def test_e004_memory_alias_not_a_named_shared_memory_database(name: str) -> None
     assert repr(name) in messages[0].msg
 
 
+@pytest.mark.sqlite_store
 def test_w002_test_runner_would_migrate_the_memory_alias() -> None:
     with memory_database(TEST={}):
         messages = memdb_checks.check_settings()

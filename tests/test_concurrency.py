@@ -115,6 +115,7 @@ def test_data_written_in_one_thread_is_visible_in_another() -> None:
     assert list(Hit.objects.values_list("path", flat=True)) == ["/from-thread"]
 
 
+@pytest.mark.sqlite_store
 def test_data_survives_closing_every_django_connection() -> None:
     """Regression: 0.0.6's memory database vanished when Django closed the connection at
     the end of a request, and the next request failed with "no such table"."""

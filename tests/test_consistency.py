@@ -196,7 +196,7 @@ def test_every_stored_snapshot_is_consistent_under_concurrent_transactions(
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-            assert not thread.is_alive(), "a thread hung"
+            assert not thread.is_alive(), f"a thread hung; the checks so far: {failures[:3]}"
         assert spool_errors == [] and writer_errors == []
         # The last state, spooled once writes stopped.
         (last,) = api.spool("testapp.Score", force=True)

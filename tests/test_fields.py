@@ -143,6 +143,7 @@ def test_every_field_type_round_trips_exactly() -> None:
     assert after[2]["moment"] == datetime.datetime(2031, 6, 15, 2, 30, 0, 123_456, tzinfo=UTC)
 
 
+@pytest.mark.sqlite_store
 def test_types_as_stored_by_sqlite_are_unchanged() -> None:
     """Compare the raw values SQLite holds, not only what the ORM makes of them."""
     for row in ROWS:

@@ -590,6 +590,7 @@ def test_many_changed_rows_store_a_whole_snapshot(
     assert spools[-1].kind == "delta" and layout()[-1] == ("delta", 4, size)
 
 
+@pytest.mark.sqlite_store
 def test_a_delta_bigger_than_a_chunk_stores_a_whole_snapshot(
     memdb_override: Override, spools: list[SpoolResult]
 ) -> None:
@@ -799,6 +800,7 @@ def test_a_restore_while_the_journal_is_compacted_still_gives_every_row(
 # -- codecs -----------------------------------------------------------------------------------
 
 
+@pytest.mark.sqlite_store
 def test_deltas_run_through_zlib(memdb_override: Override) -> None:
     with memdb_override(CODECS=["zlib"]):
         ids = seed()

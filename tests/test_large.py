@@ -11,11 +11,14 @@ from __future__ import annotations
 
 import os
 
+import pytest
+
 from tests.live.large_child import MIB, RATIO_LIMIT, measure
 
 SIZE_MIB = float(os.environ.get("MEMDB_LARGE_MB", "64"))
 
 
+@pytest.mark.sqlite_store  # measures the SQLite memory database's own pages
 def test_large_table_round_trips_with_peak_memory_under_the_bound(default_db: str) -> None:
     run = measure(default_db, mib=SIZE_MIB)
     print(run.describe())

@@ -329,6 +329,7 @@ def test_flush_by_policy() -> None:
     assert sorted(r.label for r in results) == ["testapp.Legacy", "testapp.Score"]
 
 
+@pytest.mark.sqlite_store
 def test_flush_does_not_open_an_unused_memory_database(monkeypatch: pytest.MonkeyPatch) -> None:
     """Regression: the interval thread (and the exit flush) built and restored a fresh
     memory database when the alias's NAME no longer named the one in use."""

@@ -88,6 +88,7 @@ def table_names(alias: str) -> set[str]:
         return set(connection.introspection.table_names(cursor))
 
 
+@pytest.mark.sqlite_store
 def test_memory_tables_exist_only_in_the_memory_database() -> None:
     in_memory = table_names("memdb")
     in_default = table_names("default")

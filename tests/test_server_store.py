@@ -51,7 +51,9 @@ server_store = pytest.mark.server_store
 
 def server_env(default_db: str, **overrides: str) -> dict[str, str]:
     """A child on the server store of ``default_db`` (every such child shares it)."""
-    return child_env(default_db, MEMDB_TEST_STORE="server", **overrides)
+    return child_env(
+        default_db, MEMDB_TEST_STORE="server", MEMDB_TEST_SERVER_SHARED="1", **overrides
+    )
 
 
 @contextmanager

@@ -76,11 +76,16 @@ def fingerprint() -> dict[str, Any]:
     """The table measured in one SQL statement (on Django's memory connection)."""
     from django.db import connections
 
-    with connections["memdb"].cursor() as cursor:
+    memory = connections["memdb"]
+    # The player each row should have, in the SQL of the store's database.
+    expected = (
+        "CONCAT('v', points, '-', id)" if memory.vendor == "mysql" else "'v' || points || '-' || id"
+    )
+    with memory.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), min(id), max(id), min(points), max(points), "
-            "coalesce(sum(player != 'v' || points || '-' || id), 0) "
-            f'FROM "{_table()}"'
+            f"coalesce(sum(CASE WHEN player <> {expected} THEN 1 ELSE 0 END), 0) "
+            f"FROM {memory.ops.quote_name(_table())}"
         )
         count, min_id, max_id, min_v, max_v, bad = cursor.fetchone()
     return {
@@ -273,6 +278,11 @@ def new_host() -> None:
         alias = settings.MEMDB.get("ALIAS", "memdb")
         directory = os.environ["MEMDB_TEST_HOST_DIR"]
         settings.DATABASES[alias]["NAME"] = os.path.join(directory, f"{os.getpid()}.sqlite3")
+    from tests.server_stores import own_server_store, wants_own_server_store
+
+    if wants_own_server_store():  # the same for the server store: a store of its own
+        alias = settings.MEMDB.get("ALIAS", "memdb")
+        own_server_store(settings.DATABASES[alias], os.environ.get("MEMDB_TEST_DB", "sqlite"))
 
 
 def zygote() -> None:
