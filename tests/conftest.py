@@ -113,8 +113,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Leave out what this run cannot run; the summary counts them as deselected:
     with MEMDB_TEST_STORE=host or server, the tests about the process store alone
     (marked ``process_store``); with the server store, those about the SQLite stores
-    (``sqlite_store``); on SQLite, the tests of the server store (marked
-    ``server_store``: they need PostgreSQL or MariaDB)."""
+    (``sqlite_store``); the tests of the server store (marked ``server_store``: they
+    need PostgreSQL or MariaDB, and run in the process store's run of each)."""
     import os
 
     left_out = set()
@@ -122,7 +122,11 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         left_out.add("process_store")
     if settings.MEMDB.get("STORE") == "server":
         left_out.add("sqlite_store")
-    if os.environ.get("MEMDB_TEST_DB", "sqlite") not in ("postgresql", "mysql"):
+    # The server store's tests start children with settings of their own, whatever the
+    # store of this run: they run once per database, in its process-store run.
+    if os.environ.get("MEMDB_TEST_DB", "sqlite") not in ("postgresql", "mysql") or (
+        settings.MEMDB.get("STORE", "process") != "process"
+    ):
         left_out.add("server_store")
     other = [item for item in items if any(item.get_closest_marker(m) for m in left_out)]
     if other:
