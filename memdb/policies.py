@@ -84,13 +84,7 @@ def spool_committed() -> None:
     if raw is None or not state.ready:
         flush(policy="commit", raise_errors=True)
         return
-    if state.kind == "server":
-        from .server import dirty_models
-
-        dirty = dirty_models(raw, models_with_policy("commit"))  # one round trip
-    else:
-        dirty = [m for m in models_with_policy("commit") if store.is_dirty(state, raw, m)]
-    spool_each(dirty, raise_errors=True)
+    spool_each(store.dirty_models(state, raw, models_with_policy("commit")), raise_errors=True)
 
 
 def spool_after_commit() -> None:

@@ -44,6 +44,7 @@ from typing import TYPE_CHECKING, Any
 
 from django.core.signals import setting_changed
 from django.db import DatabaseError, connections
+from django.db import Error as DriverError
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.dispatch import receiver
 
@@ -83,7 +84,10 @@ def private() -> BaseDatabaseWrapper:
     alias = memdb_settings.ALIAS
     wrapper = wrappers.get(alias)
     if wrapper is not None and wrapper.connection is not None and not wrapper.is_usable():
-        wrapper.close()
+        # Closed under it (close_all, or the server went away): PyMySQL refuses a
+        # second close, and the connection is dropped either way.
+        with contextlib.suppress(DriverError):
+            wrapper.close()
         wrapper = None
     if wrapper is None:
         wrapper = wrappers[alias] = connections.create_connection(alias)
@@ -159,26 +163,15 @@ class Conn:
     def __init__(self, wrapper: BaseDatabaseWrapper) -> None:
         self.wrapper = wrapper
 
+    @property
+    def vendor(self) -> str:
+        """The server's SQL dialect (``store.upsert_sql``): postgresql or mysql."""
+        return str(self.wrapper.vendor)
+
     def execute(self, sql: str, params: Any = ()) -> Any:
-        sql = sql.replace("?", "%s")
-        if self.wrapper.vendor == "mysql":
-            sql = _upsert_for_mysql(sql)
         cursor = self.wrapper.cursor()
-        cursor.execute(sql, params)
+        cursor.execute(sql.replace("?", "%s"), params)
         return cursor
-
-
-_UPSERT = re.compile(r"ON CONFLICT \([^)]*\) DO UPDATE SET (.*)$", re.DOTALL)
-
-
-def _upsert_for_mysql(sql: str) -> str:
-    """SQLite's and PostgreSQL's ``ON CONFLICT ... DO UPDATE SET a = excluded.a`` in
-    MariaDB's words, ``ON DUPLICATE KEY UPDATE a = VALUES(a)``."""
-    match = _UPSERT.search(sql)
-    if match is None:
-        return sql
-    updates = re.sub(r"excluded\.(\w+)", r"VALUES(\1)", match.group(1))
-    return sql[: match.start()] + "ON DUPLICATE KEY UPDATE " + updates
 
 
 def conn() -> Conn:
@@ -410,17 +403,12 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
 
     models = memory_models()
     _migrate_drifted(wrapper, models)
-    created: set[str] = set()
-    for round_models in ([m for m in models if not m._meta.auto_created], models):
-        with wrapper.cursor() as cursor:
-            existing = set(wrapper.introspection.table_names(cursor))
-        missing = [m for m in round_models if m._meta.db_table not in existing]
-        if missing:
-            with wrapper.schema_editor() as editor:
-                for model in missing:
-                    with _engine(wrapper, "InnoDB" if unfit_fields(model, wrapper) else None):
-                        editor.create_model(model)  # memdb.W004 names the InnoDB ones
-            created |= {m._meta.db_table for m in missing}
+    # On MariaDB a table with a field MEMORY cannot hold is kept in InnoDB (memdb.W004).
+    created = store.create_missing_tables(
+        wrapper,
+        models,
+        lambda model: _engine(wrapper, "InnoDB" if unfit_fields(model, wrapper) else None),
+    )
     _set_tracking_up(wrapper, models)
     return created
 
@@ -559,17 +547,7 @@ def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
     table = model._meta.db_table
     counter, column = _q(store.changes_table(table)), store.journal_column(model)
     journal = _q(store.journal_table(table))
-    statements = [
-        f"CREATE UNLOGGED TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
-        f'"rows" bigint NOT NULL DEFAULT 0, whole boolean NOT NULL DEFAULT false)',
-        _seed_counter(counter, table),
-    ]
-    if column is not None:
-        pk_type = model._meta.pk.rel_db_type(wrapper)
-        statements.append(
-            f"CREATE UNLOGGED TABLE IF NOT EXISTS {journal} "
-            f"(pk {pk_type} PRIMARY KEY, seq bigint NOT NULL)"
-        )
+    statements = _bookkeeping_sql(wrapper, model, "UNLOGGED ", "")
     # Statement triggers over the statement's transition tables: one counter update per
     # statement, not per row (row triggers made a bulk insert quadratic: every update
     # of the one counter row in a transaction adds a version the next one steps over).
@@ -602,6 +580,16 @@ def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
             f"CREATE OR REPLACE TRIGGER {name} AFTER {event} ON {_q(table)} "
             f"REFERENCING {referencing} FOR EACH STATEMENT EXECUTE FUNCTION {name}()",
         ]
+    # The counter row first: a write statement locks it before any row of the table, so
+    # two transactions writing rows of the table in opposite orders wait for each other
+    # at their first statement, not halfway (the counter's update comes after the rows).
+    lock = _q(store.short_name(f"memdb_lock_{table}"))
+    statements += [
+        f"CREATE OR REPLACE FUNCTION {lock}() RETURNS trigger LANGUAGE plpgsql AS $memdb$ "
+        f"BEGIN PERFORM 1 FROM {counter} FOR UPDATE; RETURN NULL; END $memdb$",
+        f"CREATE OR REPLACE TRIGGER {lock} BEFORE INSERT OR UPDATE OR DELETE ON {_q(table)} "
+        f"FOR EACH STATEMENT EXECUTE FUNCTION {lock}()",
+    ]
     # TRUNCATE names no rows: the next spool stores the whole table.
     wipe = _q(store.short_name(f"memdb_truncate_{table}"))
     statements += [
@@ -615,11 +603,26 @@ def _tracking_sql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
     return statements
 
 
-def _seed_counter(counter: str, table: str) -> str:
-    return (
+def _bookkeeping_sql(
+    wrapper: BaseDatabaseWrapper, model: ModelType, kind: str, engine: str
+) -> list[str]:
+    """The table's change counter (seeded with its row count) and, if it has a journal,
+    its journal of changed keys: ``CREATE {kind}TABLE ... {engine}``."""
+    table = model._meta.db_table
+    counter = _q(store.changes_table(table))
+    statements = [
+        f"CREATE {kind}TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
+        f'"rows" bigint NOT NULL DEFAULT 0, whole boolean NOT NULL DEFAULT false){engine}',
         f'INSERT INTO {counter} (seq, "rows") SELECT 0, (SELECT count(*) FROM {_q(table)}) '
-        f"FROM (SELECT 1) AS one WHERE NOT EXISTS (SELECT 1 FROM {counter})"
-    )
+        f"FROM (SELECT 1) AS one WHERE NOT EXISTS (SELECT 1 FROM {counter})",
+    ]
+    if store.journal_column(model) is not None:
+        pk_type = model._meta.pk.rel_db_type(wrapper)
+        statements.append(
+            f"CREATE {kind}TABLE IF NOT EXISTS {_q(store.journal_table(table))} "
+            f"(pk {pk_type} PRIMARY KEY, seq bigint NOT NULL){engine}"
+        )
+    return statements
 
 
 def _tracking_sql_mysql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[str]:
@@ -635,17 +638,7 @@ def _tracking_sql_mysql(wrapper: BaseDatabaseWrapper, model: ModelType) -> list[
     # A table kept in InnoDB keeps its counter and journal there too: a rollback then
     # undoes the counting of the writes it undoes, and they outlive a restart as it does.
     engine = " ENGINE=InnoDB" if unfit_fields(model, wrapper) else ""
-    statements = [
-        f"CREATE TABLE IF NOT EXISTS {counter} (seq bigint NOT NULL, "
-        f'"rows" bigint NOT NULL DEFAULT 0, whole bool NOT NULL DEFAULT false){engine}',
-        _seed_counter(counter, table),
-    ]
-    if column is not None:
-        pk_type = model._meta.pk.rel_db_type(wrapper)
-        statements.append(
-            f"CREATE TABLE IF NOT EXISTS {journal} "
-            f"(pk {pk_type} PRIMARY KEY, seq bigint NOT NULL){engine}"
-        )
+    statements = _bookkeeping_sql(wrapper, model, "", engine)
     for event in store.TRIGGER_EVENTS:
         rows = {"INSERT": ', "rows" = "rows" + 1', "DELETE": ', "rows" = "rows" - 1'}
         body = [f"UPDATE {counter} SET seq = seq + 1{rows.get(event, '')};"]
@@ -862,14 +855,15 @@ def forget(model: ModelType, seq: int) -> None:
     """Drop the journal keys a spool read at counter ``seq`` stored; a ``TRUNCATE``
     before ``seq`` is stored too."""
     table = model._meta.db_table
+    counter = _q(store.changes_table(table))
     try:
-        cursor = private().cursor()
-        if store.journal_column(model):
-            cursor.execute(f"DELETE FROM {_q(store.journal_table(table))} WHERE seq <= %s", [seq])
-        cursor.execute(
-            f"UPDATE {_q(store.changes_table(table))} SET whole = false WHERE whole AND seq <= %s",
-            [seq],
-        )
+        with transaction(private()) as cursor:
+            # The counter row first, as the writers take it: no deadlock with them.
+            cursor.execute(f"SELECT seq FROM {counter} FOR UPDATE")
+            if store.journal_column(model):
+                journal = _q(store.journal_table(table))
+                cursor.execute(f"DELETE FROM {journal} WHERE seq <= %s", [seq])
+            cursor.execute(f"UPDATE {counter} SET whole = false WHERE whole AND seq <= %s", [seq])
     except DatabaseError as exc:
         store.logger.warning(
             "memdb: %s: its journal keeps the keys just stored (%s); the next delta "

@@ -965,39 +965,51 @@ def flush(
     from .policies import models_with_policy
 
     models = models_with_policy(policy) if policy else persistent_models()
-    dirty = []
     with store.raw_connection(state.name) as conn:
-        for model in models:
-            label = model._meta.label
-            skip = skip_busy and label not in state.skipped
-            try:
-                with state.gate.closed():
-                    changed = store.is_dirty(
-                        state,
-                        conn,
-                        model,
-                        timeout=store.Gate.HOLD if skip else None,
-                        gate=state.gate,
-                    )
-            except sqlite3.OperationalError as exc:
-                if not (skip_busy and store.is_lock_error(exc)):
-                    raise
-                if skip:
-                    store.logger.info("memdb: %s is busy; spooled at the next tick", label)
-                    state.skipped.add(label)
-                else:  # waited LOCK_TIMEOUT: skipped again next time, then waited for
-                    store.logger.warning(
-                        "memdb: %s was not spooled: a transaction has held it for more "
-                        "than LOCK_TIMEOUT (%s s)",
-                        label,
-                        memdb_settings.LOCK_TIMEOUT,
-                    )
-                    state.skipped.discard(label)
-                continue
-            state.skipped.discard(label)
-            if changed:
-                dirty.append(model)
+        if state.kind == "server":  # no SQLite lock to wait for or skip: one query
+            dirty = store.dirty_models(state, conn, models)
+        else:
+            dirty = _dirty_waiting(state, conn, models, skip_busy)
     return spool_each(dirty, raise_errors=raise_errors, wait=not skip_busy)
+
+
+def _dirty_waiting(
+    state: store.StoreState, conn: Any, models: Iterable[ModelType], skip_busy: bool
+) -> list[ModelType]:
+    """``flush``'s dirty tables of a SQLite store, each asked once its writers let it
+    (``skip_busy``: see ``flush``)."""
+    dirty = []
+    for model in models:
+        label = model._meta.label
+        skip = skip_busy and label not in state.skipped
+        try:
+            with state.gate.closed():
+                changed = store.is_dirty(
+                    state,
+                    conn,
+                    model,
+                    timeout=store.Gate.HOLD if skip else None,
+                    gate=state.gate,
+                )
+        except sqlite3.OperationalError as exc:
+            if not (skip_busy and store.is_lock_error(exc)):
+                raise
+            if skip:
+                store.logger.info("memdb: %s is busy; spooled at the next tick", label)
+                state.skipped.add(label)
+            else:  # waited LOCK_TIMEOUT: skipped again next time, then waited for
+                store.logger.warning(
+                    "memdb: %s was not spooled: a transaction has held it for more "
+                    "than LOCK_TIMEOUT (%s s)",
+                    label,
+                    memdb_settings.LOCK_TIMEOUT,
+                )
+                state.skipped.discard(label)
+            continue
+        state.skipped.discard(label)
+        if changed:
+            dirty.append(model)
+    return dirty
 
 
 def spool_each(

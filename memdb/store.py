@@ -28,8 +28,8 @@ import sqlite3
 import threading
 import time
 import uuid
-from collections.abc import Callable, Iterator
-from contextlib import contextmanager
+from collections.abc import Callable, Iterable, Iterator
+from contextlib import AbstractContextManager, contextmanager, nullcontext
 from dataclasses import dataclass, field, fields
 from typing import TYPE_CHECKING, Any, TypeVar
 
@@ -235,13 +235,25 @@ def load_table(state: StoreState, label: str) -> TableState:
     return TableState() if row is None else TableState.load(*row)
 
 
-def save_table(state: StoreState, label: str, table: TableState) -> None:
-    state_connection(state).execute(
-        f"INSERT INTO {STATE_TABLE} (label, spooled_seq, data) VALUES (?, ?, ?) "
-        f"ON CONFLICT (label) DO UPDATE SET spooled_seq = excluded.spooled_seq, "
-        f"data = excluded.data",
-        (label, table.spooled_seq, table.dump()),
+def upsert_sql(conn: Any, table: str, columns: list[str]) -> str:
+    """An INSERT of one row of ``columns`` into ``table`` that updates the row with the
+    same first column instead, in the words of ``conn``'s database (a store's
+    connection: SQLite, or the server store's ``Conn``, PostgreSQL or MariaDB)."""
+    key, *others = map(quote, columns)
+    head = f"INSERT INTO {table} ({', '.join(map(quote, columns))}) VALUES ({', '.join('?' * len(columns))}) "
+    if getattr(conn, "vendor", "sqlite") == "mysql":
+        return head + "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in others)
+    return (
+        head
+        + f"ON CONFLICT ({key}) DO UPDATE SET "
+        + ", ".join(f"{c} = excluded.{c}" for c in others)
     )
+
+
+def save_table(state: StoreState, label: str, table: TableState) -> None:
+    conn = state_connection(state)
+    sql = upsert_sql(conn, STATE_TABLE, ["label", "spooled_seq", "data"])
+    conn.execute(sql, (label, table.spooled_seq, table.dump()))
 
 
 def reset_tables(state: StoreState, seqs: dict[str, int]) -> None:
@@ -263,11 +275,8 @@ def get_meta(state: StoreState) -> dict[str, str]:
 
 
 def set_meta(state: StoreState, key: str, value: str) -> None:
-    state_connection(state).execute(
-        f'INSERT INTO {META_TABLE} ("key", value) VALUES (?, ?) '
-        f'ON CONFLICT ("key") DO UPDATE SET value = excluded.value',
-        (key, value),
-    )
+    conn = state_connection(state)
+    conn.execute(upsert_sql(conn, META_TABLE, ["key", "value"]), (key, value))
 
 
 class Busy(Exception):
@@ -685,15 +694,7 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
         return server.create_schema(wrapper)
     models = memory_models()
     _migrate_drifted(wrapper, models)
-    # Creating a model creates its auto-created M2M tables too, hence two rounds.
-    for round_models in ([m for m in models if not m._meta.auto_created], models):
-        with wrapper.cursor() as cursor:
-            existing = set(wrapper.introspection.table_names(cursor))
-        missing = [m for m in round_models if m._meta.db_table not in existing]
-        if missing:
-            with wrapper.schema_editor() as editor:
-                for model in missing:
-                    editor.create_model(model)
+    create_missing_tables(wrapper, models)
     statements = []
     for model in models:
         table = model._meta.db_table
@@ -716,6 +717,29 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
         for sql in statements:
             cursor.execute(sql)
     return set()
+
+
+def create_missing_tables(
+    wrapper: BaseDatabaseWrapper,
+    models: list[Any],
+    made_in: Callable[[Any], AbstractContextManager[Any]] | None = None,
+) -> set[str]:
+    """Create the tables of ``models`` that ``wrapper``'s database lacks, by Django's
+    schema editor; the tables created. ``made_in(model)``, if given, is a context each
+    model's table is created in (the server store's choice of MariaDB engine)."""
+    created: set[str] = set()
+    # Creating a model creates its auto-created M2M tables too, hence two rounds.
+    for round_models in ([m for m in models if not m._meta.auto_created], models):
+        with wrapper.cursor() as cursor:
+            existing = set(wrapper.introspection.table_names(cursor))
+        missing = [m for m in round_models if m._meta.db_table not in existing]
+        if missing:
+            with wrapper.schema_editor() as editor:
+                for model in missing:
+                    with made_in(model) if made_in else nullcontext():
+                        editor.create_model(model)
+            created |= {m._meta.db_table for m in missing}
+    return created
 
 
 def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[Any]) -> None:
@@ -968,6 +992,14 @@ def is_dirty(
     sql = f"SELECT spooled_seq FROM {STATE_TABLE} WHERE label = ?"
     row = state_connection(state).execute(sql, (label,)).fetchone()
     return seq != (row[0] if row else 0)
+
+
+def dirty_models(state: StoreState, conn: Any, models: Iterable[Any]) -> list[Any]:
+    """Which of ``models`` changed since their last spool (``is_dirty``, waiting for
+    writers); on the server store asked in one query for all (one round trip)."""
+    if state.kind == "server":
+        return server.dirty_models(conn, tuple(models))
+    return [model for model in models if is_dirty(state, conn, model)]
 
 
 def count_rows(conn: sqlite3.Connection, table: str) -> int:

@@ -165,16 +165,25 @@ def run_process(source: str, env: dict[str, str]) -> subprocess.CompletedProcess
     )
 
 
-def start_process(source: str, env: dict[str, str], stderr: Any) -> subprocess.Popen[str]:
-    """Start ``source`` in a new Python process that talks JSON lines over its pipes."""
+def start_process(
+    source: str,
+    env: dict[str, str],
+    stderr: Any = subprocess.PIPE,
+    *,
+    stdin: Any = subprocess.PIPE,
+    new_session: bool = False,
+) -> subprocess.Popen[str]:
+    """Start ``source`` in a new Python process that talks JSON lines over its pipes
+    (``new_session``: in a process group of its own, as another host's would be)."""
     return subprocess.Popen(
         [sys.executable, "-c", source],
         cwd=ROOT,
         env=env,
-        stdin=subprocess.PIPE,
+        stdin=stdin,
         stdout=subprocess.PIPE,
         stderr=stderr,
         text=True,
+        start_new_session=new_session,
     )
 
 
@@ -233,18 +242,7 @@ def stop(proc: subprocess.Popen[Any]) -> int:
 def start_together(sources: list[str], env: dict[str, str]) -> list[subprocess.Popen[str]]:
     """Start one child per source (``PRELUDE`` first); each should wait at
     ``sys.stdin.readline()`` once set up, so ``finish_together`` lets them go at once."""
-    workers = [
-        subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + source],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-        )
-        for source in sources
-    ]
+    workers = [start_process(PRELUDE + source, env) for source in sources]
     time.sleep(1.0)  # each has set Django up and waits at its stdin
     return workers
 
@@ -304,3 +302,39 @@ def start_gunicorn(
             stderr=subprocess.STDOUT,
         )
     return server, port
+
+
+# -- scripts of the shared-store tests (host and server store alike) ------------------
+
+# Four of these start at once on a store that lost its tables: which of them restored?
+BOOT_RACE = """
+from memdb import signals
+restored = []
+signals.post_restore.connect(lambda sender, **kw: restored.append(kw["label"]), weak=False)
+sys.stdin.readline()  # all start at once
+report(rows=len(rows(Score)), restored=restored)
+"""
+
+# A spool's leader SIGKILLed before or after (``after``) its snapshot is stored.
+KILLED_LEADER = """
+import signal
+from memdb import spooler
+Score.objects.create(player="a", points=1)
+api.spool("testapp.Score")
+Score.objects.create(player="b", points=2)
+real = spooler.write_snapshot
+def die(*args, **kwargs):
+    if {after!r}:
+        real(*args, **kwargs)
+    os.kill(os.getpid(), signal.SIGKILL)
+spooler.write_snapshot = die
+api.spool("testapp.Score", force=True)
+"""
+
+# One of several ``commit`` writers let go at once.
+COMMIT_WRITER = """
+sys.stdin.readline()
+for i in range({count}):
+    CommitScore.objects.create(player="w{number}-" + str(i), points=i)
+report(done={count})
+"""

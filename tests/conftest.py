@@ -23,10 +23,17 @@ from memdb.models import PersistentStorage
 from memdb.registry import memory_models
 from memdb.spooler import storage_alias
 
+# MariaDB's MEMORY tables (the server store there) have neither transactions nor foreign
+# keys: a rollback leaves their rows, so no test on them starts clean by itself.
+MEMORY_TRANSACTIONS = not (
+    settings.MEMDB.get("STORE") == "server"
+    and settings.DATABASES["default"]["ENGINE"].endswith("mysql")
+)
 
-def _transactional_on_memdb(request: pytest.FixtureRequest) -> bool:
+
+def _on_memdb(request: pytest.FixtureRequest, *, transactional: bool) -> bool:
     marker = request.node.get_closest_marker("django_db")
-    if marker is None or not marker.kwargs.get("transaction", False):
+    if marker is None or (transactional and not marker.kwargs.get("transaction", False)):
         return False
     databases = marker.kwargs.get("databases") or ()
     return databases == "__all__" or settings.MEMDB.get("ALIAS", "memdb") in databases
@@ -74,13 +81,17 @@ def memdb_fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
     would otherwise leave interval tables dirty, and the interval spooler would store
     a snapshot into the next test.
     """
-    if not _transactional_on_memdb(request):
+    if _on_memdb(request, transactional=True):
+        request.getfixturevalue("_django_db_helper")
+        reset_memdb()
         yield
-        return
-    request.getfixturevalue("_django_db_helper")
-    reset_memdb()
-    yield
-    reset_memdb()
+        reset_memdb()
+    elif not MEMORY_TRANSACTIONS and _on_memdb(request, transactional=False):
+        # The test's rollback will not empty MEMORY tables: empty them before it writes.
+        reset_memdb()
+        yield
+    else:
+        yield
 
 
 @pytest.fixture(scope="session", autouse=True)
@@ -113,7 +124,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     """Leave out what this run cannot run; the summary counts them as deselected:
     with MEMDB_TEST_STORE=host or server, the tests about the process store alone
     (marked ``process_store``); with the server store, those about the SQLite stores
-    (``sqlite_store``); the tests of the server store (marked ``server_store``: they
+    (``sqlite_store``), and on MariaDB those that need transactions or foreign keys on
+    the memory tables (``transactional_memory``); the tests of the server store (marked ``server_store``: they
     need PostgreSQL or MariaDB, and run in the process store's run of each)."""
     import os
 
@@ -122,6 +134,8 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
         left_out.add("process_store")
     if settings.MEMDB.get("STORE") == "server":
         left_out.add("sqlite_store")
+    if not MEMORY_TRANSACTIONS:
+        left_out.add("transactional_memory")
     # The server store's tests start children with settings of their own, whatever the
     # store of this run: they run once per database, in its process-store run.
     if os.environ.get("MEMDB_TEST_DB", "sqlite") not in ("postgresql", "mysql") or (

@@ -334,6 +334,7 @@ def test_restore_of_several_tables_tries_all_and_reports_the_failure() -> None:
     assert info("testapp.Legacy").restore_state == "ok"
 
 
+@pytest.mark.transactional_memory
 def test_restore_of_a_parent_table_keeps_foreign_keys_valid() -> None:
     red = Team.objects.create(name="red")
     Player.objects.create(team=red, name="ann")

@@ -38,7 +38,10 @@ from memdb import api
 from tests.children import PRELUDE, TIMEOUT, check_quiet, child_env, end_process, start_process
 from tests.testapp.models import Score
 
-pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
+pytestmark = [
+    pytest.mark.django_db(transaction=True, databases=["default", "memdb"]),
+    pytest.mark.transactional_memory,  # a transfer is two writes: one transaction
+]
 
 SEED = 4242
 ACCOUNTS = 100
@@ -196,7 +199,10 @@ def test_every_stored_snapshot_is_consistent_under_concurrent_transactions(
             thread.start()
         for thread in threads:
             thread.join(timeout=120)
-            assert not thread.is_alive(), f"a thread hung; the checks so far: {failures[:3]}"
+            assert not thread.is_alive(), (
+                f"a thread hung; {len(checked)} checks so far, failing: {failures[:3]}; "
+                f"errors: {spool_errors + writer_errors}"
+            )
         assert spool_errors == [] and writer_errors == []
         # The last state, spooled once writes stopped.
         (last,) = api.spool("testapp.Score", force=True)

@@ -26,6 +26,9 @@ from django.test.utils import override_settings
 
 from memdb import checks as memdb_checks
 from tests.children import (
+    BOOT_RACE,
+    COMMIT_WRITER,
+    KILLED_LEADER,
     PRELUDE,
     child_env,
     example_env,
@@ -201,15 +204,6 @@ def test_a_store_left_by_an_earlier_boot(default_db: str, host_dir: Path, keep: 
         assert (after["restore_state"], after["dirty"]) == ("ok", False)
 
 
-BOOT_RACE = """
-from memdb import signals
-restored = []
-signals.post_restore.connect(lambda sender, **kw: restored.append(kw["label"]), weak=False)
-sys.stdin.readline()  # all start at once
-report(rows=len(rows(Score)), restored=restored)
-"""
-
-
 def test_one_worker_restores_the_store_the_others_wait(default_db: str, host_dir: Path) -> None:
     """Four workers start at once on a new store: one restores it, the others wait for
     it and find the rows."""
@@ -225,22 +219,6 @@ def test_one_worker_restores_the_store_the_others_wait(default_db: str, host_dir
     reports = finish_together(start_together([BOOT_RACE] * 4, env))
     assert [r["rows"] for r in reports] == [500] * 4
     assert sorted(len(r["restored"]) for r in reports) == [0, 0, 0, 1], reports
-
-
-KILLED_LEADER = """
-import signal
-from memdb import spooler
-Score.objects.create(player="a", points=1)
-api.spool("testapp.Score")
-Score.objects.create(player="b", points=2)
-real = spooler.write_snapshot
-def die(*args, **kwargs):
-    if {after!r}:
-        real(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGKILL)
-spooler.write_snapshot = die
-api.spool("testapp.Score", force=True)
-"""
 
 
 @pytest.mark.parametrize("after", [False, True], ids=["before-storing", "after-storing"])
@@ -293,14 +271,6 @@ def test_the_interval_spooler_leaves_a_table_another_worker_spools(
     result = run(LEADER_BUSY, env, migrate=True)
     assert result["skipped"] == []
     assert result["waited"] == ["testapp.IntervalScore"] and result["seconds"] >= 0.4
-
-
-COMMIT_WRITER = """
-sys.stdin.readline()
-for i in range({count}):
-    CommitScore.objects.create(player="w{number}-" + str(i), points=i)
-report(done={count})
-"""
 
 
 def test_commit_writes_of_four_workers_at_once_all_survive(default_db: str, host_dir: Path) -> None:

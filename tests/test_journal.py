@@ -328,6 +328,7 @@ def test_back_to_back_writes_store_one_delta_each(
         assert upsert == [(ids[number], f"p{number}", -number)] and delete == []
 
 
+@pytest.mark.transactional_memory
 def test_a_rolled_back_atomic_or_a_write_that_changes_nothing_stores_nothing(
     spools: list[SpoolResult],
 ) -> None:

@@ -117,6 +117,7 @@ def test_commit_policy_spools_once_per_transaction() -> None:
     assert snapshot(CommitScore) == (1, 20)
 
 
+@pytest.mark.transactional_memory
 def test_commit_policy_rolled_back_atomic_spools_nothing() -> None:
     CommitScore.objects.create(player="kept")
     assert snapshot(CommitScore) == (1, 1)

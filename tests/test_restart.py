@@ -69,6 +69,7 @@ os._exit(0)
     assert restored["restore_state"] == "ok"
 
 
+@pytest.mark.transactional_memory
 def test_commit_policy_atomic_block_survives_os_exit_right_after_it(default_db: str) -> None:
     """The outermost ``atomic()`` spools as it exits; a rolled-back block leaves nothing."""
     env = child_env(default_db)

@@ -14,8 +14,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import subprocess
-import sys
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -29,8 +27,10 @@ from django.test.utils import override_settings
 
 from memdb import checks as memdb_checks
 from tests.children import (
+    BOOT_RACE,
+    COMMIT_WRITER,
+    KILLED_LEADER,
     PRELUDE,
-    ROOT,
     TIMEOUT,
     _server_connection,
     check_quiet,
@@ -41,6 +41,7 @@ from tests.children import (
     run,
     run_process,
     start_gunicorn,
+    start_process,
     start_together,
 )
 from tests.live.run_schemathesis import SETUP, manage
@@ -181,17 +182,8 @@ def test_two_hosts_see_the_same_rows(default_db: str) -> None:
     first writes (no spool), the second reads at once."""
     env = server_env(default_db)
     run("report(ok=True)\n", env, migrate=True)
-    hosts = [
-        subprocess.Popen(
-            [sys.executable, "-c", PRELUDE + HOST.format(writer=writer)],
-            cwd=ROOT,
-            env=env,
-            stdin=subprocess.PIPE,
-            stdout=subprocess.PIPE,
-            stderr=subprocess.PIPE,
-            text=True,
-            start_new_session=True,  # a process group of its own
-        )
+    hosts = [  # each a process group of its own
+        start_process(PRELUDE + HOST.format(writer=writer), env, new_session=True)
         for writer in (True, False)
     ]
     try:
@@ -244,15 +236,7 @@ def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
     the snapshot, and new rows get new keys (the sequences are set past them)."""
     env = server_env(default_db)
     run("report(ok=True)\n", env, migrate=True)
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + LIVE],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_process(PRELUDE + LIVE, env)
     try:
         assert proc.stdout is not None and proc.stdin is not None
         assert json.loads(proc.stdout.readline()) == {"ready": True}
@@ -290,15 +274,7 @@ def test_a_spool_that_finds_the_tables_lost_restores_them_first(default_db: str)
         "    outcome = repr(exc)\n"
         "report(outcome=outcome, rows=rows(Score))\n"
     )
-    proc = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + source],
-        cwd=ROOT,
-        env=env,
-        stdin=subprocess.PIPE,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    proc = start_process(PRELUDE + source, env)
     try:
         assert proc.stdout is not None
         assert json.loads(proc.stdout.readline()) == {"ready": True}
@@ -310,15 +286,6 @@ def test_a_spool_that_finds_the_tables_lost_restores_them_first(default_db: str)
     assert proc.returncode == 0, err
     assert last_json(out) == {"outcome": "spooled", "rows": [[1, "a", 1]]}
     assert stored_generation(default_db, "testapp.Score") == (1, 1)
-
-
-BOOT_RACE = """
-from memdb import signals
-restored = []
-signals.post_restore.connect(lambda sender, **kw: restored.append(kw["label"]), weak=False)
-sys.stdin.readline()  # all start at once
-report(rows=len(rows(Score)), restored=restored)
-"""
 
 
 @server_store
@@ -336,22 +303,6 @@ def test_one_process_restores_a_lost_store_the_others_wait(default_db: str) -> N
     reports = finish_together(start_together([BOOT_RACE] * 4, env))
     assert [r["rows"] for r in reports] == [500] * 4
     assert sorted(len(r["restored"]) for r in reports) == [0, 0, 0, 1], reports
-
-
-KILLED_LEADER = """
-import signal
-from memdb import spooler
-Score.objects.create(player="a", points=1)
-api.spool("testapp.Score")
-Score.objects.create(player="b", points=2)
-real = spooler.write_snapshot
-def die(*args, **kwargs):
-    if {after!r}:
-        real(*args, **kwargs)
-    os.kill(os.getpid(), signal.SIGKILL)
-spooler.write_snapshot = die
-api.spool("testapp.Score", force=True)
-"""
 
 
 @server_store
@@ -412,14 +363,6 @@ def test_the_interval_spooler_leaves_a_table_another_process_spools(default_db: 
     assert result["waited"] == ["testapp.IntervalScore"] and result["seconds"] >= 0.4
 
 
-COMMIT_WRITER = """
-sys.stdin.readline()
-for i in range({count}):
-    CommitScore.objects.create(player="w{number}-" + str(i), points=i)
-report(done={count})
-"""
-
-
 @server_store
 def test_commit_writes_of_four_processes_at_once_all_survive(default_db: str) -> None:
     """Four processes write ``commit`` rows at once, each stored as a journal delta
@@ -477,14 +420,7 @@ def test_a_process_starting_beside_a_writer_leaves_every_write_tracked(
     env = server_env(default_db, MEMDB_TEST_POLICY="commit")
     run("report(ok=True)\n", env, migrate=True)
     stop = tmp_path / "stop"
-    writer = subprocess.Popen(
-        [sys.executable, "-c", PRELUDE + STEADY_WRITER.format(stop=str(stop))],
-        cwd=ROOT,
-        env=env,
-        stdout=subprocess.PIPE,
-        stderr=subprocess.PIPE,
-        text=True,
-    )
+    writer = start_process(PRELUDE + STEADY_WRITER.format(stop=str(stop)), env, stdin=None)
     try:
         assert writer.stdout is not None
         assert json.loads(writer.stdout.readline()) == {"ready": True}
@@ -502,6 +438,57 @@ def test_a_process_starting_beside_a_writer_leaves_every_write_tracked(
     lose_server(default_db)
     restored = run("report(n=CommitScore.objects.count())\n", env)
     assert restored == {"n": written + 1}
+
+
+OPPOSITE_ORDERS = """
+import threading
+from django.db import connections
+Score.objects.bulk_create([Score(player="x", points=0), Score(player="y", points=0)])
+x, y = Score.objects.order_by("pk").values_list("pk", flat=True)
+first_done, second_started, errors = threading.Event(), threading.Event(), []
+def one():  # x, then y
+    try:
+        with transaction.atomic(using="memdb"):
+            Score.objects.filter(pk=x).update(points=1)
+            first_done.set()
+            second_started.wait()
+            time.sleep(0.3)  # the other is at its first statement now
+            Score.objects.filter(pk=y).update(points=1)
+    except Exception as exc:
+        errors.append(repr(exc))
+    finally:
+        connections.close_all()
+def other():  # y, then x
+    first_done.wait()
+    try:
+        with transaction.atomic(using="memdb"):
+            second_started.set()
+            Score.objects.filter(pk=y).update(points=2)
+            Score.objects.filter(pk=x).update(points=2)
+    except Exception as exc:
+        errors.append(repr(exc))
+    finally:
+        connections.close_all()
+threads = [threading.Thread(target=one), threading.Thread(target=other)]
+for thread in threads:
+    thread.start()
+for thread in threads:
+    thread.join()
+report(errors=errors, points=[p for _, _, p in rows(Score)])
+"""
+
+
+@server_store
+def test_transactions_writing_rows_in_opposite_orders_do_not_deadlock(default_db: str) -> None:
+    """Two transactions update two rows of one memory table in opposite orders, the
+    second starting while the first holds its first row. On a plain table the second
+    waits at its first row; the change counter every write statement updates must not
+    add a deadlock (it did: each held a row the other wanted, and the counter row)."""
+    env = server_env(default_db)
+    result = run(OPPOSITE_ORDERS, env, migrate=True)
+    assert result["errors"] == []
+    if KIND == "postgresql":  # MariaDB's MEMORY tables have no transactions to order
+        assert result["points"] == [2, 2]
 
 
 @server_store

@@ -176,6 +176,7 @@ def test_reads_do_not_mark_dirty(score: Score) -> None:
     assert dirty("testapp.Score") is False
 
 
+@pytest.mark.transactional_memory
 def test_rolled_back_atomic_leaves_the_table_clean(score: Score) -> None:
     with pytest.raises(RuntimeError):
         with transaction.atomic(using="memdb"):
@@ -186,6 +187,7 @@ def test_rolled_back_atomic_leaves_the_table_clean(score: Score) -> None:
     assert Score.objects.count() == 2
 
 
+@pytest.mark.transactional_memory
 def test_rolled_back_savepoint_keeps_the_outer_write(score: Score) -> None:
     with transaction.atomic(using="memdb"):
         Score.objects.filter(pk=score.pk).update(points=50)

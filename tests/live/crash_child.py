@@ -94,7 +94,7 @@ def fingerprint() -> dict[str, Any]:
         "max_id": max_id,
         "min_version": min_v,
         "max_version": max_v,
-        "bad_players": bad,
+        "bad_players": int(bad),  # a Decimal on MariaDB
     }
 
 
