@@ -46,6 +46,7 @@ from django.core.signals import setting_changed
 from django.db import DatabaseError, connections
 from django.db import Error as DriverError
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
+from django.db.models import fields as builtin
 from django.dispatch import receiver
 
 from . import store
@@ -730,9 +731,36 @@ def _fields(model: ModelType) -> list[Any]:
     return [f for f in model._meta.local_concrete_fields if f.column]
 
 
+#: Django's own field classes whose values both drivers and SQLite hold alike (int,
+#: str, float, bool): copied between the server and an image without conversion (a
+#: subclass may convert, so it is not one of them).
+_PLAIN = {
+    builtin.AutoField,
+    builtin.BigAutoField,
+    builtin.SmallAutoField,
+    builtin.IntegerField,
+    builtin.BigIntegerField,
+    builtin.SmallIntegerField,
+    builtin.PositiveIntegerField,
+    builtin.PositiveBigIntegerField,
+    builtin.PositiveSmallIntegerField,
+    builtin.CharField,
+    builtin.TextField,
+    builtin.SlugField,
+    builtin.EmailField,
+    builtin.URLField,
+    builtin.BooleanField,
+    builtin.FloatField,
+}
+
+
 def _image_rows(model: ModelType, wrapper: BaseDatabaseWrapper, **lookup: Any) -> Iterator[list]:
     """Rows of ``model``'s table on the server as SQLite stores them, by key."""
     fields, image = _fields(model), image_connection()
+    prepare = [
+        None if type(f) in _PLAIN else (lambda v, f=f: _bound(f.get_db_prep_save(v, image)))
+        for f in fields
+    ]
     queryset = model._base_manager.filter(**lookup).order_by("pk")
     if "pk__in" not in lookup:
         queryset = queryset[:BATCH]
@@ -740,7 +768,7 @@ def _image_rows(model: ModelType, wrapper: BaseDatabaseWrapper, **lookup: Any) -
         connection=wrapper
     )
     for row in compiler.results_iter(tuple_expected=True):
-        yield [_bound(f.get_db_prep_save(v, image)) for f, v in zip(fields, row, strict=True)]
+        yield [v if p is None else p(v) for p, v in zip(prepare, row, strict=True)]
 
 
 def _bound(value: Any) -> Any:
@@ -940,12 +968,11 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
     image = image_connection()
     by_column = {f.column: f for f in _fields(model)}
     fields = [by_column[c] for c in columns]
-    converters = []
+    converters = []  # per column: None (as it is), or (field, its column, converters)
     for f in fields:
         col = f.get_col(model._meta.db_table)
-        converters.append(
-            (f, col, [*image.ops.get_db_converters(col), *f.get_db_converters(image)])
-        )
+        convert = [*image.ops.get_db_converters(col), *f.get_db_converters(image)]
+        converters.append(None if type(f) in _PLAIN and not convert else (f, col, convert))
     table = _q(model._meta.db_table)
     insert = (
         f"INSERT INTO {table} ({', '.join(_q(c) for c in columns)}) "
@@ -968,10 +995,13 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
             values = []
             for raw in batch:
                 row = []
-                for value, (f, col, convert) in zip(raw, converters, strict=True):
-                    for converter in convert:
-                        value = converter(value, col, image)
-                    row.append(f.get_db_prep_save(value, wrapper))
+                for value, how in zip(raw, converters, strict=True):
+                    if how is not None:
+                        f, col, convert = how
+                        for converter in convert:
+                            value = converter(value, col, image)
+                        value = f.get_db_prep_save(value, wrapper)
+                    row.append(value)
                 values.append(row)
             if wrapper.vendor == "postgresql":  # COPY: several times executemany's speed
                 with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
