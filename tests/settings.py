@@ -157,6 +157,14 @@ if _env("MEMDB_TEST_STORE") == "server":
 
 memdb.configure(globals())
 
+if MEMDB.get("STORE") == "server" and _kind == "mysql":
+    # A MEMORY table holds at most the max_heap_table_size of the session that made it
+    # (16 MiB by default): the crash harness's 300,000 rows need more (README).
+    DATABASES["memdb"]["OPTIONS"] = {
+        **DATABASES["memdb"].get("OPTIONS", {}),
+        "init_command": "SET SESSION max_heap_table_size = 1073741824",
+    }
+
 from tests.server_stores import own_server_store, wants_own_server_store  # noqa: E402
 
 if wants_own_server_store():

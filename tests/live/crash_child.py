@@ -72,15 +72,22 @@ def _table() -> str:
     return Score._meta.db_table
 
 
+def player_sql(version: str, key: str) -> str:
+    """SQL for the player a row of a version has, ``v<version>-<key>``, in the memory
+    database's words (MariaDB's ``||`` is OR)."""
+    from django.db import connections
+
+    if connections["memdb"].vendor == "mysql":
+        return f"CONCAT('v', {version}, '-', {key})"
+    return f"'v' || {version} || '-' || {key}"
+
+
 def fingerprint() -> dict[str, Any]:
     """The table measured in one SQL statement (on Django's memory connection)."""
     from django.db import connections
 
     memory = connections["memdb"]
-    # The player each row should have, in the SQL of the store's database.
-    expected = (
-        "CONCAT('v', points, '-', id)" if memory.vendor == "mysql" else "'v' || points || '-' || id"
-    )
+    expected = player_sql("points", "id")  # the player each row should have
     with memory.cursor() as cursor:
         cursor.execute(
             "SELECT count(*), min(id), max(id), min(points), max(points), "
@@ -118,13 +125,15 @@ def rewrite(have: int, new: int, base: int, step: int) -> None:
     want = rows_of(new, base, step)
     with transaction.atomic(using="memdb"), connections["memdb"].cursor() as cursor:
         cursor.execute(
-            f"UPDATE \"{table}\" SET points = %s, player = 'v' || %s || '-' || id", [new, new]
+            f'UPDATE "{table}" SET points = %s, player = {player_sql("%s", "id")}', [new, new]
         )
         if want > have:
+            if connections["memdb"].vendor == "mysql":  # its default stops at 1,000
+                cursor.execute("SET SESSION max_recursive_iterations = %s", [want])
             cursor.execute(
-                "WITH RECURSIVE k(i) AS (SELECT %s UNION ALL SELECT i + 1 FROM k WHERE i < %s) "
                 f'INSERT INTO "{table}" (id, player, points) '
-                "SELECT i, 'v' || %s || '-' || i, %s FROM k",
+                "WITH RECURSIVE k(i) AS (SELECT %s UNION ALL SELECT i + 1 FROM k WHERE i < %s) "
+                f"SELECT i, {player_sql('%s', 'i')}, %s FROM k",
                 [have + 1, want, new, new],
             )
         elif want < have:
@@ -145,7 +154,7 @@ def sabotaged_spool(sabotage: str, have: int, version: int) -> None:
     if sabotage == "torn":
         with transaction.atomic(using="memdb"), connections["memdb"].cursor() as cursor:
             cursor.execute(
-                f"UPDATE \"{_table()}\" SET points = %s, player = 'v' || %s || '-' || id "
+                f'UPDATE "{_table()}" SET points = %s, player = {player_sql("%s", "id")} '
                 "WHERE id <= %s",
                 [new, new, have // 2],
             )
