@@ -248,7 +248,7 @@ def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
             proc.kill()
     assert proc.returncode == 0, err
     result = last_json(out)
-    assert result["seen_first"] == [[1, "a", 1], [2, "b", 2]]
+    assert result["seen_first"] == [[1, "a", 1], [2, "b", 2]], err
     assert result["unchanged"] == [True], "the restored table was not spooled again"
     assert result["rows"] == [[1, "a", 1], [2, "b", 2], [3, "c", 3]]
     assert result["restore_state"] == "ok"
