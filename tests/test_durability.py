@@ -509,8 +509,11 @@ def test_interval_policy_loses_at_most_an_interval_and_a_spool(
     started = time.monotonic()
     kills = interval_kills(env, tmp_path, kills=2, fill=fill, seed=SEED + fill)
     print(f"interval, {describe(kills)}; {time.monotonic() - started:.1f} s")
+    # A kill before the first spool ended (the server store spools a large table for
+    # about a second) rightly leaves nothing stored; the others must have kept rows.
+    assert any(kill.spools for kill in kills), describe(kills)
     for number, kill in enumerate(kills):
-        assert kill.kept, f"kill {number}: nothing stored of {kill.acked} writes"
+        assert kill.kept or not kill.spools, f"kill {number}: nothing stored of {kill.acked} writes"
         assert kill.window <= allowed(kill), (
             f"kill {number}: lost writes acknowledged {kill.window:.3f} s before the kill "
             f"(allowed {allowed(kill):.3f} s)"
