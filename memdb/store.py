@@ -240,7 +240,8 @@ def upsert_sql(conn: Any, table: str, columns: list[str]) -> str:
     same first column instead, in the words of ``conn``'s database (a store's
     connection: SQLite, or the server store's ``Conn``, PostgreSQL or MariaDB)."""
     key, *others = map(quote, columns)
-    head = f"INSERT INTO {table} ({', '.join(map(quote, columns))}) VALUES ({', '.join('?' * len(columns))}) "
+    names, marks = ", ".join(map(quote, columns)), ", ".join("?" * len(columns))
+    head = f"INSERT INTO {table} ({names}) VALUES ({marks}) "
     if getattr(conn, "vendor", "sqlite") == "mysql":
         return head + "ON DUPLICATE KEY UPDATE " + ", ".join(f"{c} = VALUES({c})" for c in others)
     return (

@@ -22,13 +22,11 @@ from memdb import policies, store
 from memdb.models import PersistentStorage
 from memdb.registry import memory_models
 from memdb.spooler import storage_alias
+from tests.server_stores import on_mariadb_server_store
 
 # MariaDB's MEMORY tables (the server store there) have neither transactions nor foreign
 # keys: a rollback leaves their rows, so no test on them starts clean by itself.
-MEMORY_TRANSACTIONS = not (
-    settings.MEMDB.get("STORE") == "server"
-    and settings.DATABASES["default"]["ENGINE"].endswith("mysql")
-)
+MEMORY_TRANSACTIONS = not on_mariadb_server_store()
 
 
 def _on_memdb(request: pytest.FixtureRequest, *, transactional: bool) -> bool:
@@ -125,8 +123,9 @@ def pytest_collection_modifyitems(config: pytest.Config, items: list[pytest.Item
     with MEMDB_TEST_STORE=host or server, the tests about the process store alone
     (marked ``process_store``); with the server store, those about the SQLite stores
     (``sqlite_store``), and on MariaDB those that need transactions or foreign keys on
-    the memory tables (``transactional_memory``); the tests of the server store (marked ``server_store``: they
-    need PostgreSQL or MariaDB, and run in the process store's run of each)."""
+    the memory tables (``transactional_memory``); the tests of the server store
+    (marked ``server_store``: they need PostgreSQL or MariaDB, and run in the process
+    store's run of each)."""
     import os
 
     left_out = set()

@@ -580,8 +580,9 @@ def restore_kills(
     """Store a ``rows``-row snapshot, SIGKILL ``kills`` restoring children; see the docstring.
 
     The kills are spread evenly (with seeded jitter) over the measured duration of one
-    uninterrupted restore (from the child's first line to ``post_restore``); every other child is a new interpreter. ``hold`` keeps the
-    last child up that long after its restore (longer than ``INTERVAL`` shows that an
+    uninterrupted restore (from the child's first line to ``post_restore``); every other
+    child is a new interpreter. ``hold`` keeps the last child up that long after its
+    restore (longer than ``INTERVAL`` shows that an
     interval spooler finds nothing to spool).
     """
     rng = random.Random(seed)

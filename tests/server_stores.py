@@ -58,3 +58,14 @@ def wants_own_server_store() -> bool:
         and bool(env("MEMDB_TEST_DB_NAME"))  # a child: the test runner's own process has none
         and env("MEMDB_TEST_SERVER_SHARED", "0") != "1"
     )
+
+
+def on_mariadb_server_store() -> bool:
+    """This run keeps the memory tables on MariaDB's server store: ``MEMORY`` tables,
+    which have neither transactions nor foreign keys and cannot hold TEXT, BLOB or JSON
+    columns (their models stay in InnoDB, memdb.W004)."""
+    from django.conf import settings
+
+    return settings.MEMDB.get("STORE") == "server" and settings.DATABASES["default"][
+        "ENGINE"
+    ].endswith("mysql")

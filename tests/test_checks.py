@@ -17,6 +17,7 @@ from django.test.utils import isolate_apps, override_settings
 from memdb import checks as memdb_checks
 from memdb.mixins import InMemoryDB, PersistentInMemoryDB
 from memdb.registry import memory_models
+from tests.server_stores import on_mariadb_server_store
 from tests.testapp.models import Hit, Plain
 
 
@@ -49,10 +50,7 @@ def memory_database(**entry: Any) -> Iterator[None]:
 def unfit_for_memory_tables() -> list[str]:
     """On the server store on MariaDB, the memory fields MEMORY tables cannot hold
     (TEXT, BLOB, JSON), found here by field type; elsewhere none."""
-    if not (
-        settings.MEMDB.get("STORE") == "server"
-        and settings.DATABASES["default"]["ENGINE"].endswith("mysql")
-    ):
+    if not on_mariadb_server_store():
         return []
     unfit = ("TextField", "BinaryField", "JSONField")
     return sorted(

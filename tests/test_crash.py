@@ -34,7 +34,7 @@ SEED = int(os.environ.get("MEMDB_CRASH_SEED", "20260601"))
 SERVER = settings.MEMDB.get("STORE") == "server"
 #: Rows of the spooled table: version v has BASE + STEP * v rows (about 2 MB as a snapshot).
 BASE, STEP = (30_000 if SERVER else 100_000), 100
-#: Rows of the snapshot the restore tests interrupt (about 7 MB).
+#: Rows of the snapshot the restore tests interrupt (about 7 MB at 300,000 rows).
 RESTORE_ROWS = 100_000 if SERVER else 300_000
 RESTORE_KILLS = 6
 

@@ -103,12 +103,10 @@ def lose_server(name: str) -> list[str]:
     tables = in_memory(name)
     with database(name) as cursor:
         if KIND == "postgresql":
-            cursor.execute(f"TRUNCATE {', '.join(f'{chr(34)}{t}{chr(34)}' for t in tables)}")
-            cursor.execute(
-                "SELECT relname FROM pg_class WHERE relpersistence = 'u' AND relkind = 'S'"
-            )
-            for (sequence,) in cursor.fetchall():
-                cursor.execute(f'ALTER SEQUENCE "{sequence}" RESTART')
+            # One statement: a process that notices the loss at once, and restores,
+            # does not see the tables emptied and their sequences restarted apart.
+            names = ", ".join(f'"{t}"' for t in tables)
+            cursor.execute(f"TRUNCATE {names} RESTART IDENTITY")
         else:
             for table in tables:
                 cursor.execute(f"TRUNCATE TABLE `{table}`")
