@@ -243,7 +243,11 @@ def check_models(app_configs: Any = None, **kwargs: Any) -> list[checks.CheckMes
 
 
 def _memory_engine_warnings(model: Any) -> list[checks.CheckMessage]:
-    """On a MariaDB server store: each field a ``MEMORY`` table cannot hold."""
+    """On a MariaDB server store: each field a ``MEMORY`` table cannot hold.
+
+    A column type there depends on the server's version, which Django reads from the
+    server once per connection: this check connects to the memory alias's database.
+    """
     from django.db import connections
 
     from . import SERVER_ENGINES
