@@ -467,52 +467,126 @@ def _migrate_drifted(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> N
 
     The tables outlive a deploy on the server. A column the model no longer has is
     dropped; a field the table lacks is added by Django's schema editor (its rows get
-    the field's default). Columns are compared by name: a changed type is not migrated.
-    A new field with no default cannot fill the rows already there: the table is left
-    as it is, with an error in the log. The stored snapshot restores to the same rows
-    (a restore maps columns the same way), so it stays; the table's next spool after a
-    write stores it whole, in its new columns.
+    the field's default); a column whose type or nullability differs from what the
+    model makes now (compared, as the server describes them, with a temporary table
+    made from the model) is altered, its values cast by the server. A change the rows
+    do not allow (a new field with no default, a value the new type cannot hold) is not
+    made: the table is left as it is, with an error in the log. The stored snapshot
+    restores to the same rows (a restore maps columns by name and converts values by
+    the model's fields), so it stays; the table's next spool after a write stores it
+    whole, in its new columns.
     """
     with wrapper.cursor() as cursor:
         existing = set(wrapper.introspection.table_names(cursor))
-        for model in models:
-            table = model._meta.db_table
-            if table not in existing or model._meta.auto_created:
-                continue
-            present = {c.name for c in wrapper.introspection.get_table_description(cursor, table)}
-            fields = _fields(model)
-            gone = sorted(present - {f.column for f in fields})
-            added = [f for f in fields if f.column not in present]
-            if not gone and not added:
-                continue
-            try:
-                with wrapper.schema_editor() as editor:
-                    for column in gone:
-                        editor.execute(f"ALTER TABLE {_q(table)} DROP COLUMN {_q(column)}")
-                    for f in added:
-                        editor.add_field(model, f)
-            except DatabaseError as exc:
-                store.logger.error(
-                    "memdb: the memory table %s is not as its model %s makes it now, and "
-                    "could not be brought up to it (%s); it is left as it is. Give new "
-                    "fields a default, or drop the table (spool it first) to have it made "
-                    "again and restored",
-                    table,
-                    model._meta.label,
-                    exc,
-                )
-                continue
-            state = store.current_state()
-            with store.claim(state, model._meta.label) as table_state:
-                table_state.base = None  # the next spool stores the whole table
-            store.logger.warning(
-                "memdb: the memory table %s was not as its model %s makes it now; "
-                "columns dropped: %s; added: %s; its rows kept",
+    for model in models:
+        table = model._meta.db_table
+        if table not in existing or model._meta.auto_created:
+            continue
+        present = _columns(wrapper, table)
+        fields = _fields(model)
+        gone = sorted(set(present) - {f.column for f in fields})
+        added = [f for f in fields if f.column not in present]
+        wanted = _model_columns(wrapper, model)
+        changed = [
+            f for f in fields if f.column in present and present[f.column] != wanted[f.column]
+        ]
+        if not gone and not added and not changed:
+            continue
+        try:
+            with wrapper.schema_editor() as editor:
+                for column in gone:
+                    editor.execute(f"ALTER TABLE {_q(table)} DROP COLUMN {_q(column)}")
+                for f in added:
+                    editor.add_field(model, f)
+                for f in changed:
+                    for sql in _alter_sql(wrapper, model, f):
+                        editor.execute(sql)
+        except DatabaseError as exc:
+            store.logger.error(
+                "memdb: the memory table %s is not as its model %s makes it now, and "
+                "could not be brought up to it (%s); it is left as it is. Give new "
+                "fields a default, or drop the table (spool it first) to have it made "
+                "again and restored",
                 table,
                 model._meta.label,
-                ", ".join(gone) or "none",
-                ", ".join(f.column for f in added) or "none",
+                exc,
             )
+            continue
+        state = store.current_state()
+        with store.claim(state, model._meta.label) as table_state:
+            table_state.base = None  # the next spool stores the whole table
+        store.logger.warning(
+            "memdb: the memory table %s was not as its model %s makes it now; "
+            "columns dropped: %s; added: %s; changed: %s; its rows kept",
+            table,
+            model._meta.label,
+            ", ".join(gone) or "none",
+            ", ".join(f.column for f in added) or "none",
+            ", ".join(f.column for f in changed) or "none",
+        )
+
+
+def _columns(wrapper: BaseDatabaseWrapper, table: str) -> dict[str, tuple[Any, ...]]:
+    """Each column of ``table`` (a temporary table too) as the server describes it:
+    ``{name: (type, nullable)}``."""
+    with wrapper.cursor() as cursor:
+        if wrapper.vendor == "mysql":
+            cursor.execute(f"SHOW COLUMNS FROM {_q(table)}")
+            return {row[0]: (row[1].lower(), row[2]) for row in cursor.fetchall()}
+        cursor.execute(
+            "SELECT attname, format_type(atttypid, atttypmod), attnotnull FROM pg_attribute "
+            "WHERE attrelid = %s::regclass AND attnum > 0 AND NOT attisdropped",
+            [_q(table)],
+        )
+        return {row[0]: (row[1], row[2]) for row in cursor.fetchall()}
+
+
+def _model_columns(wrapper: BaseDatabaseWrapper, model: ModelType) -> dict[str, tuple[Any, ...]]:
+    """The columns ``model``'s table has when made as the model is now (``_columns``):
+    its CREATE TABLE run as a temporary table of this session, described, dropped."""
+    with wrapper.schema_editor(collect_sql=True, atomic=False) as editor:
+        editor.create_model(model)
+    create = editor.collected_sql[0].rstrip(";")  # the table; indexes and keys follow
+    scratch = _q(store.short_name(f"memdb_shape_{model._meta.db_table}"))
+    head = re.match(r"CREATE (?:UNLOGGED )?TABLE ", create)
+    name = editor.quote_name(model._meta.db_table)
+    if head is None or not create[head.end() :].startswith(name):
+        raise AssertionError(f"unexpected CREATE TABLE for {model._meta.label}: {create[:80]}")
+    sql = f"CREATE TEMPORARY TABLE {scratch}{create[head.end() + len(name) :]}"
+    if wrapper.vendor == "mysql":
+        sql += " ENGINE=InnoDB"  # the column types are the same; InnoDB takes them all
+    with wrapper.cursor() as cursor:
+        cursor.execute(sql)
+        try:
+            return _columns(wrapper, store.short_name(f"memdb_shape_{model._meta.db_table}"))
+        finally:
+            cursor.execute(
+                f"DROP TEMPORARY TABLE {scratch}"
+                if wrapper.vendor == "mysql"
+                else f"DROP TABLE {scratch}"
+            )
+
+
+def _alter_sql(wrapper: BaseDatabaseWrapper, model: ModelType, field: Any) -> list[str]:
+    """Change ``field``'s column (and, for the primary key, the journal's key column) to
+    the type and nullability the model gives it now; the server casts the values."""
+    table = model._meta.db_table
+    targets = [(table, field.column, field.db_type(wrapper), field.null)]
+    if field.primary_key and store.journal_column(model):
+        targets.append((store.journal_table(table), "pk", field.rel_db_type(wrapper), False))
+    statements = []
+    for name, column, db_type, null in targets:
+        t, c = _q(name), _q(column)
+        if wrapper.vendor == "mysql":
+            statements.append(
+                f"ALTER TABLE {t} MODIFY COLUMN {c} {db_type} {'NULL' if null else 'NOT NULL'}"
+            )
+        else:
+            statements.append(
+                f"ALTER TABLE {t} ALTER COLUMN {c} TYPE {db_type} USING {c}::{db_type}, "
+                f"ALTER COLUMN {c} {'DROP' if null else 'SET'} NOT NULL"
+            )
+    return statements
 
 
 #: Column types a MariaDB ``MEMORY`` table cannot hold.

@@ -492,9 +492,10 @@ def test_transactions_writing_rows_in_opposite_orders_do_not_deadlock(default_db
 @server_store
 def test_a_table_an_older_deploy_made_is_brought_up_to_its_model(default_db: str) -> None:
     """The tables outlive a deploy on the server: a column the model lost is dropped,
-    a field it gained is added with its default, the rows are kept (the stored
-    snapshot restores to the same rows, so it stays), and the next spool after a write
-    stores the whole table, in its new columns."""
+    a field it gained is added with its default, a column of another type or
+    nullability is altered to the model's, the rows are kept (the stored snapshot
+    restores to the same rows, so it stays), and the next spool after a write stores
+    the whole table, in its new columns."""
     env = server_env(default_db)
     run(
         "Score.objects.create(player='a', points=1)\nScore.objects.create(player='b', points=2)\n"
@@ -505,23 +506,61 @@ def test_a_table_an_older_deploy_made_is_brought_up_to_its_model(default_db: str
     with database(default_db) as cursor:  # as the older code made it
         cursor.execute("ALTER TABLE testapp_score ADD COLUMN retired integer")
         cursor.execute("ALTER TABLE testapp_score DROP COLUMN points")
+        # player was a CharField(max_length=5, null=True)
+        if KIND == "postgresql":
+            cursor.execute("ALTER TABLE testapp_score ALTER COLUMN player TYPE varchar(5)")
+            cursor.execute("ALTER TABLE testapp_score ALTER COLUMN player DROP NOT NULL")
+        else:
+            cursor.execute("ALTER TABLE testapp_score MODIFY COLUMN player varchar(5) NULL")
+    long_name = "a player named at length"
     proc = run_process(
         PRELUDE + "(r,) = api.spool('testapp.Score')\n"
         "Score.objects.filter(player='b').update(points=5)\n"
+        f"Score.objects.create(player={long_name!r}, points=7)\n"
         "(s,) = api.spool('testapp.Score')\n"
         "report(rows=rows(Score), unchanged=r.unchanged, kind=s.kind, generation=s.generation)\n",
         env,
     )
     assert proc.returncode == 0, proc.stderr
+    expected = [[1, "a", 0], [2, "b", 5], [3, long_name, 7]]
     assert last_json(proc.stdout) == {
-        "rows": [[1, "a", 0], [2, "b", 5]],
+        "rows": expected,
         "unchanged": True,
         "kind": "snapshot",
         "generation": 2,
     }
-    assert "columns dropped: retired; added: points; its rows kept" in proc.stderr
+    assert "columns dropped: retired; added: points; changed: player; its rows kept" in proc.stderr
+    schema = "current_schema()" if KIND == "postgresql" else "DATABASE()"
+    player = query(
+        default_db,
+        "SELECT character_maximum_length, is_nullable FROM information_schema.columns "
+        f"WHERE table_schema = {schema} AND table_name = 'testapp_score' "
+        "AND column_name = 'player'",
+    )
+    assert [tuple(row) for row in player] == [(50, "NO")]
     lose_server(default_db)
-    assert run(SCORE_INFO, env)["rows"] == [[1, "a", 0], [2, "b", 5]]
+    assert run(SCORE_INFO, env)["rows"] == expected
+
+
+@server_store
+def test_a_column_change_the_rows_do_not_allow_leaves_the_table_as_it_is(
+    default_db: str,
+) -> None:
+    """An older deploy's column holds values the model's type cannot (text where the
+    model now has an integer): the table is left as it is, its rows kept, with an error
+    in the log that names the table."""
+    env = server_env(default_db)
+    run("Score.objects.create(player='a', points=1)\nreport(ok=True)\n", env, migrate=True)
+    with database(default_db) as cursor:  # as the older code made it
+        if KIND == "postgresql":
+            cursor.execute("ALTER TABLE testapp_score ALTER COLUMN points TYPE varchar(10)")
+        else:
+            cursor.execute("ALTER TABLE testapp_score MODIFY COLUMN points varchar(10) NOT NULL")
+        cursor.execute("UPDATE testapp_score SET points = 'many'")
+    proc = run_process(PRELUDE + "report(rows=rows(Score))\n", env)
+    assert proc.returncode == 0, proc.stderr
+    assert last_json(proc.stdout) == {"rows": [[1, "a", "many"]]}
+    assert "the memory table testapp_score is not as its model testapp.Score" in proc.stderr
 
 
 QUERIES = """
