@@ -980,7 +980,14 @@ def forget(model: ModelType, seq: int) -> None:
 
 def load(jobs: list[Any]) -> None:
     """Replace the tables of ``jobs`` (``restore._Job``) with their images and journals,
-    in one transaction that holds the tables' writers back (readers go on)."""
+    in one transaction that holds the tables' writers back (readers go on).
+
+    MariaDB's ``MEMORY`` tables have no transactions: there each image is loaded into a
+    temporary copy of its table first (a table of this session alone, dropped with it),
+    where any error of the load (a value, a full table, a lost session) leaves the
+    tables as they were; then, under write locks, each table is emptied and filled from
+    its copy by the server, in one ``INSERT ... SELECT``.
+    """
     from django.core.management.color import no_style
 
     from .exceptions import RestoreError
@@ -991,18 +998,24 @@ def load(jobs: list[Any]) -> None:
     for job in jobs:
         with closing(sqlite3.connect(job.path, isolation_level=None)) as image:
             columns = fold_image(image, job)
-            # Checked before the table is touched (MariaDB cannot undo a load half done).
+            # Checked before the table is touched.
             held = image.execute(f"SELECT count(*) FROM {_q(job.model._meta.db_table)}")
             (count,) = held.fetchone()
-        expected = job.deltas[-1][1] if job.deltas else job.snapshot.row_count
-        if count != expected:
-            what = "its journal" if job.deltas else "the snapshot"
-            raise RestoreError(
-                f"{job.model._meta.label}: {what} says {expected} rows but holds {count}"
-            )
+        _check_rows(job, count)
         prepared.append((job, columns))
     labels = ", ".join(job.model._meta.label for job in jobs)
+    copies: dict[str, str] = {}  # table: its loaded temporary copy (MariaDB)
     try:
+        if wrapper.vendor == "mysql":
+            cursor = wrapper.cursor()
+            for job, columns in prepared:
+                table = job.model._meta.db_table
+                copy = _q(store.short_name(f"memdb_load_{table}"))
+                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {copy}")
+                cursor.execute(f"CREATE TEMPORARY TABLE {copy} LIKE {_q(table)}")
+                copies[table] = copy
+                job.rows = _insert_image(cursor, wrapper, job, columns, into=copy)
+                _check_rows(job, job.rows)
         tables = []
         for job in jobs:
             table = job.model._meta.db_table
@@ -1014,14 +1027,15 @@ def load(jobs: list[Any]) -> None:
             for job, _ in reversed(prepared):
                 cursor.execute(f"DELETE FROM {_q(job.model._meta.db_table)}")
             for job, columns in prepared:
-                job.rows = _insert_image(cursor, wrapper, job, columns)
-                expected = job.deltas[-1][1] if job.deltas else job.snapshot.row_count
-                if job.rows != expected:
-                    what = "its journal" if job.deltas else "the snapshot"
-                    raise RestoreError(
-                        f"{job.model._meta.label}: {what} says {expected} rows but holds {job.rows}"
-                    )
                 table = job.model._meta.db_table
+                if table in copies:
+                    names = ", ".join(_q(c) for c in columns)
+                    cursor.execute(
+                        f"INSERT INTO {_q(table)} ({names}) SELECT {names} FROM {copies[table]}"
+                    )
+                else:
+                    job.rows = _insert_image(cursor, wrapper, job, columns)
+                    _check_rows(job, job.rows)
                 if store.journal_column(job.model):
                     cursor.execute(f"DELETE FROM {_q(store.journal_table(table))}")
                 counter = _q(store.changes_table(table))
@@ -1034,10 +1048,29 @@ def load(jobs: list[Any]) -> None:
         raise
     except DatabaseError as exc:
         raise RestoreError(f"{labels}: {store.describe(exc)}") from exc
+    finally:
+        if copies and wrapper.connection is not None:
+            with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
+                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {', '.join(copies.values())}")
 
 
-def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: list[str]) -> int:
-    """Copy the folded image's rows into the server table, converted field by field."""
+def _check_rows(job: Any, count: int) -> None:
+    """Refuse a load whose row count is not the one its snapshot or journal recorded."""
+    from .exceptions import RestoreError
+
+    expected = job.deltas[-1][1] if job.deltas else job.snapshot.row_count
+    if count != expected:
+        what = "its journal" if job.deltas else "the snapshot"
+        raise RestoreError(
+            f"{job.model._meta.label}: {what} says {expected} rows but holds {count}"
+        )
+
+
+def _insert_image(
+    cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: list[str], into: str = ""
+) -> int:
+    """Copy the folded image's rows into the server table (or the table ``into``, quoted),
+    converted field by field."""
     model = job.model
     image = image_connection()
     by_column = {f.column: f for f in _fields(model)}
@@ -1048,8 +1081,9 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
         convert = [*image.ops.get_db_converters(col), *f.get_db_converters(image)]
         converters.append(None if type(f) in _PLAIN and not convert else (f, col, convert))
     table = _q(model._meta.db_table)
+    target = into or table
     insert = (
-        f"INSERT INTO {table} ({', '.join(_q(c) for c in columns)}) "
+        f"INSERT INTO {target} ({', '.join(_q(c) for c in columns)}) "
         f"VALUES ({', '.join('%s' for _ in columns)})"
     )
     rows = 0
@@ -1078,7 +1112,7 @@ def _insert_image(cursor: Any, wrapper: BaseDatabaseWrapper, job: Any, columns: 
                     row.append(value)
                 values.append(row)
             if wrapper.vendor == "postgresql":  # COPY: several times executemany's speed
-                with cursor.cursor.copy(f"COPY {table} ({names}) FROM STDIN") as copy:
+                with cursor.cursor.copy(f"COPY {target} ({names}) FROM STDIN") as copy:
                     for row in values:
                         copy.write_row(row)
             else:

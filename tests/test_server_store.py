@@ -563,6 +563,46 @@ def test_a_column_change_the_rows_do_not_allow_leaves_the_table_as_it_is(
     assert "the memory table testapp_score is not as its model testapp.Score" in proc.stderr
 
 
+FAILED_LOAD = """
+from django.db import DatabaseError
+from memdb import server
+from memdb.exceptions import RestoreError
+Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(300))
+api.spool("testapp.Score")
+Score.objects.create(player="after the spool", points=1)
+before = rows(Score)
+original = server._insert_image
+def failing(*args, **kwargs):
+    original(*args, **kwargs)  # every row written, then the load fails
+    raise DatabaseError("the load failed here")
+server._insert_image = failing
+try:
+    api.restore("testapp.Score")
+    outcome = "restored"
+except RestoreError as exc:
+    outcome = str(exc)
+server._insert_image = original
+report(outcome=outcome, same=rows(Score) == before, count=Score.objects.count())
+"""
+
+
+@server_store
+def test_a_restore_that_fails_while_loading_leaves_the_table_as_it_was(default_db: str) -> None:
+    """A restore fails after it wrote the rows it loads: the table keeps the rows it had
+    (a transaction's rollback on PostgreSQL; on MariaDB, whose MEMORY tables have none,
+    the load went to a temporary copy and the table was not touched)."""
+    env = server_env(default_db)
+    run("report(ok=True)\n", env, migrate=True)
+    proc = run_process(PRELUDE + FAILED_LOAD, env)
+    assert proc.returncode == 0, proc.stderr
+    assert "restore failed: testapp.Score" in proc.stderr
+    result = last_json(proc.stdout)
+    assert "the load failed here" in result["outcome"], result
+    assert "testapp.Score" in result["outcome"]
+    assert result["same"] is True
+    assert result["count"] == 301
+
+
 QUERIES = """
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
