@@ -15,7 +15,9 @@ What the SQLite stores do in SQLite, this module does on the server:
   own fields, into the same one-table SQLite image the other stores store; a delta
   holds the same payload. A snapshot is therefore restorable into any store.
 - **Restore.** The image (and the deltas after it) is folded in a scratch file, then
-  loaded into the server table in one transaction that holds writers back.
+  loaded into the server table in one transaction that holds writers back (on
+  MariaDB, whose ``MEMORY`` tables have no transactions, into a temporary copy first,
+  then copied over under write locks).
 - **Leaders.** A PostgreSQL advisory lock per table picks the process that spools it,
   one per store the process that builds and restores it. The server drops a lock
   when its session ends, so a killed leader never blocks the others.
