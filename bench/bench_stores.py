@@ -43,7 +43,7 @@ for _path in (HERE, ROOT):  # ``_setup`` and the bench app; ``memdb``
 from _setup import load_line, machine_line, settings_for  # noqa: E402
 
 KINDS = ("sqlite", "postgresql", "mysql")
-HEAP = "max_heap_table_size = 268435456"  # 256 MiB, on the bench's MariaDB sessions
+HEAP = "max_heap_table_size = 1073741824"  # 1 GiB, on the bench's MariaDB sessions
 STORES = ("process", "host")  # and "server" when the default database is on a server
 BLOCK = 100  # creates per block; the three models take turns block by block
 #: Every process here: no spool at exit (the databases are thrown away).
