@@ -11,7 +11,8 @@ What the SQLite stores do in SQLite, this module does on the server:
   trigger per table counts its writes in ``memdb_changes_<table>`` and records the
   written keys in ``memdb_journal_<table>``, as the SQLite triggers do.
 - **Snapshots.** A spool reads the table in one ``REPEATABLE READ`` transaction (a
-  point-in-time read that never blocks writers) and writes it, converted by Django's
+  point-in-time read that never blocks writers; on MariaDB, from a temporary copy the
+  server makes under a short read lock) and writes it, converted by Django's
   own fields, into the same one-table SQLite image the other stores store; a delta
   holds the same payload. A snapshot is therefore restorable into any store.
 - **Restore.** The image (and the deltas after it) is folded in a scratch file, then
@@ -49,6 +50,7 @@ from django.db import DatabaseError, connections
 from django.db import Error as DriverError
 from django.db.backends.sqlite3.base import DatabaseWrapper as SQLiteWrapper
 from django.db.models import fields as builtin
+from django.db.models.sql.datastructures import BaseTable
 from django.dispatch import receiver
 
 from . import store
@@ -830,8 +832,11 @@ _PLAIN = {
 }
 
 
-def _image_rows(model: ModelType, wrapper: BaseDatabaseWrapper, **lookup: Any) -> Iterator[list]:
-    """Rows of ``model``'s table on the server as SQLite stores them, by key."""
+def _image_rows(
+    model: ModelType, wrapper: BaseDatabaseWrapper, source: str = "", **lookup: Any
+) -> Iterator[list]:
+    """Rows of ``model``'s table on the server (or of its copy ``source``) as SQLite
+    stores them, by key."""
     fields, image = _fields(model), image_connection()
     prepare = [
         None if type(f) in _PLAIN else (lambda v, f=f: _bound(f.get_db_prep_save(v, image)))
@@ -840,9 +845,13 @@ def _image_rows(model: ModelType, wrapper: BaseDatabaseWrapper, **lookup: Any) -
     queryset = model._base_manager.filter(**lookup).order_by("pk")
     if "pk__in" not in lookup:
         queryset = queryset[:BATCH]
-    compiler = queryset.values_list(*[f.attname for f in fields]).query.get_compiler(
-        connection=wrapper
-    )
+    query = queryset.values_list(*[f.attname for f in fields]).query
+    if source:
+        # FROM the copy, under the table's name as its alias: the query, its column
+        # references and Django's converters stay the model's own.
+        alias = query.get_initial_alias()
+        query.alias_map[alias] = BaseTable(source, alias)
+    compiler = query.get_compiler(connection=wrapper)
     for row in compiler.results_iter(tuple_expected=True):
         yield [v if p is None else p(v) for p, v in zip(prepare, row, strict=True)]
 
@@ -865,20 +874,16 @@ def _image_table_sql(model: ModelType) -> str:
 def read_image(model: ModelType, path: str) -> tuple[int, int]:
     """``(seq, rows)``: write the table as of one instant into ``path`` (a SQLite image).
 
-    One ``REPEATABLE READ`` transaction reads the counter and the rows, ``BATCH`` keys
-    at a time, so the image is the table at one instant and the memory held is one
-    batch; writers go on meanwhile.
+    The counter and the rows are read as of one instant, ``BATCH`` keys at a time, so
+    the memory held is one batch (``_still``).
     """
     wrapper = private()
     table = _q(model._meta.db_table)
     index = next(i for i, f in enumerate(_fields(model)) if f.primary_key)
-    tables = [model._meta.db_table, store.changes_table(model._meta.db_table)]
     with (
-        consistent_read(wrapper, tables) as cursor,
+        _still(wrapper, model) as (seq, source),
         closing(sqlite3.connect(path, isolation_level=None)) as image,
     ):
-        cursor.execute(f"SELECT seq FROM {_q(store.changes_table(model._meta.db_table))}")
-        seq = int(cursor.fetchone()[0])
         image.execute("PRAGMA journal_mode = OFF")
         image.execute("PRAGMA synchronous = OFF")
         image.execute(f"DROP TABLE IF EXISTS {table}")
@@ -886,13 +891,53 @@ def read_image(model: ModelType, path: str) -> tuple[int, int]:
         insert = f"INSERT INTO {table} VALUES ({', '.join('?' for _ in _fields(model))})"
         image.execute("BEGIN")
         rows, lookup = 0, dict[str, Any]()
-        while batch := list(_image_rows(model, wrapper, **lookup)):
+        while batch := list(_image_rows(model, wrapper, source, **lookup)):
             image.executemany(insert, batch)
             rows += len(batch)
             last = model._meta.pk.to_python(batch[-1][index])
             lookup = {"pk__gt": last}
         image.execute("COMMIT")
     return seq, rows
+
+
+@contextmanager
+def _still(wrapper: BaseDatabaseWrapper, model: ModelType) -> Iterator[tuple[int, str]]:
+    """``(seq, source)``: the table's counter, and where to read its rows as of that
+    count for the block (``source``: the table itself, or a copy of it).
+
+    PostgreSQL: one ``REPEATABLE READ`` transaction, which never blocks writers.
+    MariaDB (no transactions on ``MEMORY``): under a read lock only as long as the
+    server takes to copy the table into a temporary table of this session (about
+    0.5 s for a million rows here); writers go on while the copy is read, and it is
+    dropped at the end.
+    """
+    table = model._meta.db_table
+    counter = f"SELECT seq FROM {_q(store.changes_table(table))}"
+    if wrapper.vendor != "mysql":
+        with consistent_read(wrapper, [table, store.changes_table(table)]) as cursor:
+            cursor.execute(counter)
+            yield int(cursor.fetchone()[0]), ""
+        return
+    copy = store.short_name(f"memdb_read_{table}")
+    cursor = wrapper.cursor()
+    cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {_q(copy)}")
+    try:
+        with consistent_read(wrapper, [table, store.changes_table(table)]) as cursor:
+            cursor.execute(counter)
+            seq = int(cursor.fetchone()[0])
+            # Keyed by a BTREE: the batches are ranges of keys, which the HASH key of a
+            # MEMORY table cannot find (each would scan and sort the whole table).
+            engine = "InnoDB" if unfit_fields(model, wrapper) else "MEMORY"
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {_q(copy)} "
+                f"(PRIMARY KEY USING BTREE ({_q(str(model._meta.pk.column))})) ENGINE={engine} "
+                f"SELECT * FROM {_q(table)}"
+            )
+        yield seq, copy
+    finally:
+        if wrapper.connection is not None:
+            with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
+                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {_q(copy)}")
 
 
 def read_delta(model: ModelType) -> Any:

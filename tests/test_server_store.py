@@ -603,6 +603,43 @@ def test_a_restore_that_fails_while_loading_leaves_the_table_as_it_was(default_d
     assert result["count"] == 301
 
 
+WRITE_DURING_SPOOL = """
+import threading
+from memdb import server
+Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(300))
+original = server._image_rows
+joined = []
+def reading(*args, **kwargs):
+    if not joined:  # the first batch: a writer in another thread (its own connection)
+        writer = threading.Thread(
+            target=lambda: Score.objects.create(player="during the spool", points=1)
+        )
+        writer.start()
+        writer.join(10)
+        joined.append(not writer.is_alive())
+    yield from original(*args, **kwargs)
+server._image_rows = reading
+(first,) = api.spool("testapp.Score")
+server._image_rows = original
+(info,) = api.tables("testapp.Score")
+(second,) = api.spool("testapp.Score")
+report(joined=joined, first=first.rows, dirty=info.dirty, second=second.rows)
+"""
+
+
+@server_store
+def test_a_spool_does_not_hold_writers_back_while_it_reads_the_table(default_db: str) -> None:
+    """A write to a table while a spool reads it does not wait for that read to end
+    (on MariaDB the read lock is held only while the server copies the table); the
+    spool stores the table as of its start, and the write leaves it dirty for the next."""
+    env = server_env(default_db)
+    result = run(WRITE_DURING_SPOOL, env, migrate=True)
+    assert result["joined"] == [True], "the writer waited for the spool's read"
+    assert result["first"] == 300
+    assert result["dirty"] is True
+    assert result["second"] == 301
+
+
 QUERIES = """
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
