@@ -414,8 +414,55 @@ def create_schema(wrapper: BaseDatabaseWrapper) -> set[str]:
         models,
         lambda model: _engine(wrapper, "InnoDB" if unfit_fields(model, wrapper) else None),
     )
+    _btree_keys(wrapper, models)
     _set_tracking_up(wrapper, models)
     return created
+
+
+def _btree_keys(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> None:
+    """MariaDB: make every ``HASH`` index of the ``MEMORY`` tables a ``BTREE``, rows kept.
+
+    A ``MEMORY`` table's keys are ``HASH`` unless asked otherwise, and Django's schema
+    editor cannot ask: such a key finds equal values only, so an ``ORDER BY`` (``first()``,
+    a leaderboard's top ten, the admin's pages) or a range (``pk__gt``) scanned and sorted
+    the whole table (30 ms for ``first()`` of a million rows here, 0.3 ms with a
+    ``BTREE``, which serves those and equality alike). Altering a key copies the table,
+    once (0.3 s for a million rows).
+    """
+    if wrapper.vendor != "mysql":
+        return
+    with wrapper.cursor() as cursor:
+        for model in models:
+            table = model._meta.db_table
+            cursor.execute(
+                "SELECT index_name, non_unique, column_name, sub_part "
+                "FROM information_schema.statistics WHERE table_schema = DATABASE() "
+                "AND table_name = %s AND index_type = 'HASH' ORDER BY index_name, seq_in_index",
+                [table],
+            )
+            indexes: dict[str, tuple[bool, list[str]]] = {}
+            for name, non_unique, column, sub_part in cursor.fetchall():
+                part = _q(column) + (f"({int(sub_part)})" if sub_part else "")
+                indexes.setdefault(name, (not int(non_unique), []))[1].append(part)
+            if not indexes:
+                continue
+            changes = []
+            for name, (unique, parts) in indexes.items():
+                key = f"USING BTREE ({', '.join(parts)})"
+                if name == "PRIMARY":
+                    changes += ["DROP PRIMARY KEY", f"ADD PRIMARY KEY {key}"]
+                else:
+                    kind = "UNIQUE INDEX" if unique else "INDEX"
+                    changes += [f"DROP INDEX {_q(name)}", f"ADD {kind} {_q(name)} {key}"]
+            try:  # the table is copied: "full" if this session's max_heap_table_size is less
+                cursor.execute(f"ALTER TABLE {_q(table)} {', '.join(changes)}")
+            except DatabaseError as exc:
+                store.logger.warning(
+                    "memdb: the HASH keys of the memory table %s were left as they are "
+                    "(%s): ordered reads and ranges of them scan the whole table",
+                    table,
+                    exc,
+                )
 
 
 def _set_tracking_up(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> None:

@@ -640,6 +640,55 @@ def test_a_spool_does_not_hold_writers_back_while_it_reads_the_table(default_db:
     assert result["second"] == 301
 
 
+def index_types(name: str) -> dict[tuple[str, str], str]:
+    """``{(table, index): type}`` of every index of the models' MEMORY tables (MariaDB;
+    the store's own tables are looked up by equal keys alone)."""
+    rows = query(
+        name,
+        "SELECT s.table_name, s.index_name, s.index_type FROM information_schema.statistics s "
+        "JOIN information_schema.tables t ON t.table_schema = s.table_schema "
+        "AND t.table_name = s.table_name WHERE s.table_schema = DATABASE() "
+        "AND t.engine = 'MEMORY' AND s.table_name NOT LIKE 'memdb%%'",
+    )
+    return {(table, index): kind for table, index, kind in rows}
+
+
+@server_store
+@pytest.mark.skipif(KIND != "mysql", reason="MariaDB's MEMORY tables alone have HASH keys")
+def test_the_keys_of_memory_tables_are_btrees(default_db: str) -> None:
+    """MEMORY tables get HASH keys unless asked otherwise, which find equal values only:
+    every key is made a BTREE (ordered reads and ranges use it), in a table an older
+    deploy made too, rows kept."""
+    env = server_env(default_db)
+    run(
+        "Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(20))\n"
+        "report(ok=True)\n",
+        env,
+        migrate=True,
+    )
+    types = index_types(default_db)
+    assert ("testapp_score", "PRIMARY") in types
+    assert ("testapp_team", "name") in types, types  # a unique=True column's key
+    assert set(types.values()) == {"BTREE"}, types
+    with database(default_db) as cursor:  # as an older deploy made it
+        cursor.execute(
+            "ALTER TABLE testapp_score DROP PRIMARY KEY, ADD PRIMARY KEY USING HASH (id)"
+        )
+        cursor.execute("EXPLAIN SELECT id FROM testapp_score ORDER BY id LIMIT 1")
+        assert cursor.fetchone()[3] == "ALL"  # the HASH key cannot order: a whole scan
+    assert index_types(default_db)[("testapp_score", "PRIMARY")] == "HASH"
+    result = run(
+        "from django.db import connections\n"
+        "with connections['memdb'].cursor() as cursor:\n"
+        "    cursor.execute('EXPLAIN SELECT id FROM testapp_score ORDER BY id LIMIT 1')\n"
+        "    plan = cursor.fetchone()[3]\n"
+        "report(rows=Score.objects.count(), first=Score.objects.first().player, plan=plan)\n",
+        env,
+    )
+    assert result == {"rows": 20, "first": "0", "plan": "index"}
+    assert set(index_types(default_db).values()) == {"BTREE"}
+
+
 QUERIES = """
 from django.db import connections
 from django.test.utils import CaptureQueriesContext
