@@ -640,6 +640,26 @@ def test_a_spool_does_not_hold_writers_back_while_it_reads_the_table(default_db:
     assert result["second"] == 301
 
 
+TOO_LONG = """
+from django.db import DataError
+try:
+    Score.objects.bulk_create([Score(player="a", points=1), Score(player="x" * 60, points=2)])
+    outcome = "stored"
+except DataError as exc:
+    outcome = "refused"
+report(outcome=outcome, cut_short=Score.objects.filter(player__startswith="xxx").count())
+"""
+
+
+@server_store
+def test_a_value_too_long_for_its_column_is_refused_in_any_row(default_db: str) -> None:
+    """A multi-row insert with a value too long for its column in its second row is an
+    error on every server. MariaDB's default strictness covers only tables with
+    transactions: on a MEMORY table it cut the value short with a warning."""
+    env = server_env(default_db)
+    assert run(TOO_LONG, env, migrate=True) == {"outcome": "refused", "cut_short": 0}
+
+
 def index_types(name: str) -> dict[tuple[str, str], str]:
     """``{(table, index): type}`` of every index of the models' MEMORY tables (MariaDB;
     the store's own tables are looked up by equal keys alone)."""

@@ -5,11 +5,17 @@ adds (``memdb.server``):
 
 - tables are made with the ``MEMORY`` engine (``default_storage_engine`` of its
   sessions): held in the server's RAM, emptied when it restarts, and restored by memdb
-  from storage. They hold no ``TEXT``/``BLOB`` columns (check ``memdb.E014`` names the
-  fields that need them) and at most ``max_heap_table_size`` bytes each;
+  from storage. They hold no ``TEXT``/``BLOB``/``JSON`` columns (a model that has one
+  is kept in InnoDB: check ``memdb.W004`` names its fields) and at most
+  ``max_heap_table_size`` bytes each;
 - its sessions quote identifiers the standard way too (``ANSI_QUOTES``), so the SQL
   memdb shares between its stores runs here unchanged; Django's own backticks work as
   before, but a string literal in double quotes in raw SQL on this alias does not;
+- its sessions are strict for every table (``STRICT_ALL_TABLES``): a value a column
+  cannot hold is an error in any row of a statement. MariaDB's default,
+  ``STRICT_TRANS_TABLES``, is strict only for tables with transactions: on a
+  ``MEMORY`` table it cut such a value short, with a warning, in every row of a
+  multi-row insert (``bulk_create``) but the first;
 - the first connection of a process builds the schema and, first of all processes,
   restores the snapshots; every new connection checks that the server still has the
   store, and restores it if it lost it;
@@ -39,7 +45,8 @@ class DatabaseWrapper(ServerStoreMixin, mysql_base.DatabaseWrapper):
         with self.cursor() as cursor:
             cursor.execute(
                 "SET SESSION default_storage_engine = MEMORY, "
-                "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'ANSI_QUOTES')"
+                "sql_mode = CONCAT_WS(',', NULLIF(@@SESSION.sql_mode, ''), 'ANSI_QUOTES', "
+                "'STRICT_ALL_TABLES')"
             )
 
 
