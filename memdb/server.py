@@ -15,10 +15,10 @@ What the SQLite stores do in SQLite, this module does on the server:
   server makes under a short read lock) and writes it, converted by Django's
   own fields, into the same one-table SQLite image the other stores store; a delta
   holds the same payload. A snapshot is therefore restorable into any store.
-- **Restore.** The image (and the deltas after it) is folded in a scratch file, then
-  loaded into the server table in one transaction that holds writers back (on
-  MariaDB, whose ``MEMORY`` tables have no transactions, into a temporary copy first,
-  then copied over under write locks).
+- **Restore.** The image (and the deltas after it) is folded in a scratch file and
+  loaded into a temporary copy of the server table (writers go on), which the server
+  then copies into the table in one transaction that holds writers back (on MariaDB,
+  whose ``MEMORY`` tables have no transactions, under write locks).
 - **Leaders.** A PostgreSQL advisory lock per table picks the process that spools it,
   one per store the process that builds and restores it. The server drops a lock
   when its session ends, so a killed leader never blocks the others.
@@ -615,17 +615,17 @@ def _model_columns(
             create[:80],
         )
         return None
-    sql = f"CREATE TEMPORARY TABLE {_q(scratch)}{create[head.end() + len(name) :]}"
+    copy = _temporary(wrapper, scratch)
+    sql = f"CREATE TEMPORARY TABLE {copy}{create[head.end() + len(name) :]}"
     if wrapper.vendor == "mysql":
         sql += " ENGINE=InnoDB"  # the column types are the same; InnoDB takes them all
-    drop = "DROP TEMPORARY TABLE" if wrapper.vendor == "mysql" else "DROP TABLE"
     try:
         with wrapper.cursor() as cursor:
             cursor.execute(sql)
             try:
                 return _columns(wrapper, scratch)
             finally:
-                cursor.execute(f"{drop} {_q(scratch)}")
+                cursor.execute(_drop_temporary(wrapper, copy))
     except DatabaseError as exc:
         store.logger.warning(
             "memdb: %s: its table could not be made for a comparison (%s); its columns' "
@@ -985,7 +985,7 @@ def _still(wrapper: BaseDatabaseWrapper, model: ModelType) -> Iterator[tuple[int
         return
     copy = store.short_name(f"memdb_read_{table}")
     cursor = wrapper.cursor()
-    cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {_q(copy)}")
+    cursor.execute(_drop_temporary(wrapper, _q(copy)))
     try:
         with consistent_read(wrapper, [table, store.changes_table(table)]) as cursor:
             cursor.execute(counter)
@@ -1002,7 +1002,7 @@ def _still(wrapper: BaseDatabaseWrapper, model: ModelType) -> Iterator[tuple[int
     finally:
         if wrapper.connection is not None:
             with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
-                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {_q(copy)}")
+                cursor.execute(_drop_temporary(wrapper, _q(copy)))
 
 
 def read_delta(model: ModelType) -> Any:
@@ -1091,14 +1091,14 @@ def forget(model: ModelType, seq: int) -> None:
 
 
 def load(jobs: list[Any]) -> None:
-    """Replace the tables of ``jobs`` (``restore._Job``) with their images and journals,
-    in one transaction that holds the tables' writers back (readers go on).
+    """Replace the tables of ``jobs`` (``restore._Job``) with their images and journals.
 
-    MariaDB's ``MEMORY`` tables have no transactions: there each image is loaded into a
-    temporary copy of its table first (a table of this session alone, dropped with it),
-    where any error of the load (a value, a full table, a lost session) leaves the
-    tables as they were; then, under write locks, each table is emptied and filled from
-    its copy by the server, in one ``INSERT ... SELECT``.
+    Each image is loaded into a temporary copy of its table first (a table of this
+    session alone, dropped with it), while the table's writers go on: an error of the
+    load (a value, a full table, a lost session) leaves the tables as they were. Then,
+    in one transaction that holds the tables' writers back (readers go on; on MariaDB,
+    whose ``MEMORY`` tables have no transactions, under write locks), each table is
+    emptied and filled from its copy by the server, in one ``INSERT ... SELECT``.
     """
     from django.core.management.color import no_style
 
@@ -1116,18 +1116,21 @@ def load(jobs: list[Any]) -> None:
         _check_rows(job, count)
         prepared.append((job, columns))
     labels = ", ".join(job.model._meta.label for job in jobs)
-    copies: dict[str, str] = {}  # table: its loaded temporary copy (MariaDB)
+    copies: list[str] = []  # the loaded temporary copies, by job
     try:
-        if wrapper.vendor == "mysql":
-            cursor = wrapper.cursor()
-            for job, columns in prepared:
-                table = job.model._meta.db_table
-                copy = _q(store.short_name(f"memdb_load_{table}"))
-                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {copy}")
-                cursor.execute(f"CREATE TEMPORARY TABLE {copy} LIKE {_q(table)}")
-                copies[table] = copy
-                job.rows = _insert_image(cursor, wrapper, job, columns, into=copy)
-                _check_rows(job, job.rows)
+        cursor = wrapper.cursor()
+        for job, columns in prepared:
+            table = _q(job.model._meta.db_table)
+            copy = _temporary(wrapper, f"memdb_load_{job.model._meta.db_table}")
+            cursor.execute(_drop_temporary(wrapper, copy))
+            cursor.execute(
+                f"CREATE TEMPORARY TABLE {copy} LIKE {table}"
+                if wrapper.vendor == "mysql"
+                else f"CREATE TEMPORARY TABLE {copy} (LIKE {table})"
+            )
+            copies.append(copy)
+            job.rows = _insert_image(cursor, wrapper, job, columns, into=copy)
+            _check_rows(job, job.rows)
         tables = []
         for job in jobs:
             table = job.model._meta.db_table
@@ -1138,16 +1141,10 @@ def load(jobs: list[Any]) -> None:
         with exclusive(wrapper, tables, tracked) as cursor:
             for job, _ in reversed(prepared):
                 cursor.execute(f"DELETE FROM {_q(job.model._meta.db_table)}")
-            for job, columns in prepared:
+            for (job, columns), copy in zip(prepared, copies, strict=True):
                 table = job.model._meta.db_table
-                if table in copies:
-                    names = ", ".join(_q(c) for c in columns)
-                    cursor.execute(
-                        f"INSERT INTO {_q(table)} ({names}) SELECT {names} FROM {copies[table]}"
-                    )
-                else:
-                    job.rows = _insert_image(cursor, wrapper, job, columns)
-                    _check_rows(job, job.rows)
+                names = ", ".join(_q(c) for c in columns)
+                cursor.execute(f"INSERT INTO {_q(table)} ({names}) SELECT {names} FROM {copy}")
                 if store.journal_column(job.model):
                     cursor.execute(f"DELETE FROM {_q(store.journal_table(table))}")
                 counter = _q(store.changes_table(table))
@@ -1161,9 +1158,26 @@ def load(jobs: list[Any]) -> None:
     except DatabaseError as exc:
         raise RestoreError(f"{labels}: {store.describe(exc)}") from exc
     finally:
-        if copies and wrapper.connection is not None:
-            with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
-                cursor.execute(f"DROP TEMPORARY TABLE IF EXISTS {', '.join(copies.values())}")
+        if wrapper.connection is not None:
+            for copy in copies:
+                with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
+                    cursor.execute(_drop_temporary(wrapper, copy))
+
+
+def _temporary(wrapper: BaseDatabaseWrapper, name: str) -> str:
+    """The quoted name of a temporary table of this session: on PostgreSQL in its
+    temporary schema, so that no statement on it can reach a table of the store."""
+    quoted = _q(store.short_name(name))
+    return quoted if wrapper.vendor == "mysql" else f"pg_temp.{quoted}"
+
+
+def _drop_temporary(wrapper: BaseDatabaseWrapper, copy: str) -> str:
+    """Drop the temporary table ``copy`` (``_temporary``) if it is there, and nothing else."""
+    return (
+        f"DROP TEMPORARY TABLE IF EXISTS {copy}"
+        if wrapper.vendor == "mysql"
+        else f"DROP TABLE IF EXISTS {copy}"
+    )
 
 
 def _check_rows(job: Any, count: int) -> None:

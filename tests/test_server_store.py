@@ -660,6 +660,42 @@ def test_a_value_too_long_for_its_column_is_refused_in_any_row(default_db: str) 
     assert run(TOO_LONG, env, migrate=True) == {"outcome": "refused", "cut_short": 0}
 
 
+WRITE_DURING_RESTORE = """
+import threading
+from memdb import server
+Score.objects.bulk_create(Score(player=str(i), points=i) for i in range(300))
+api.spool("testapp.Score")
+original = server._insert_image
+joined = []
+def loading(*args, **kwargs):
+    if not joined:  # a write to the restored table, by another thread (its own connection)
+        writer = threading.Thread(
+            target=lambda: Score.objects.create(player="during the load", points=1)
+        )
+        writer.start()
+        writer.join(10)
+        joined.append(not writer.is_alive())
+    return original(*args, **kwargs)
+server._insert_image = loading
+api.restore("testapp.Score")
+server._insert_image = original
+report(joined=joined, rows=Score.objects.count(),
+       during=Score.objects.filter(player="during the load").count())
+"""
+
+
+@server_store
+def test_a_restore_does_not_hold_writers_back_while_it_loads(default_db: str) -> None:
+    """A write to a table while a restore loads its snapshot does not wait for the
+    load (it goes into a temporary table); the restore then replaces the table's rows
+    with the snapshot's, that write's included in none of them."""
+    env = server_env(default_db)
+    result = run(WRITE_DURING_RESTORE, env, migrate=True)
+    assert result["joined"] == [True], "the writer waited for the restore's load"
+    assert result["rows"] == 300
+    assert result["during"] == 0
+
+
 def index_types(name: str) -> dict[tuple[str, str], str]:
     """``{(table, index): type}`` of every index of the models' MEMORY tables (MariaDB;
     the store's own tables are looked up by equal keys alone)."""
