@@ -1126,7 +1126,7 @@ def load(jobs: list[Any]) -> None:
             cursor.execute(
                 f"CREATE TEMPORARY TABLE {copy} LIKE {table}"
                 if wrapper.vendor == "mysql"
-                else f"CREATE TEMPORARY TABLE {copy} (LIKE {table})"
+                else f"CREATE TEMPORARY TABLE {copy} (LIKE {table} INCLUDING DEFAULTS)"
             )
             copies.append(copy)
             job.rows = _insert_image(cursor, wrapper, job, columns, into=copy)
