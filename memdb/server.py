@@ -429,23 +429,24 @@ def _btree_keys(wrapper: BaseDatabaseWrapper, models: list[ModelType]) -> None:
     ``BTREE``, which serves those and equality alike). Altering a key copies the table,
     once (0.3 s for a million rows).
     """
-    if wrapper.vendor != "mysql":
+    tables = {m._meta.db_table for m in models}
+    if wrapper.vendor != "mysql" or not tables:
         return
     with wrapper.cursor() as cursor:
-        for model in models:
-            table = model._meta.db_table
-            cursor.execute(
-                "SELECT index_name, non_unique, column_name, sub_part "
-                "FROM information_schema.statistics WHERE table_schema = DATABASE() "
-                "AND table_name = %s AND index_type = 'HASH' ORDER BY index_name, seq_in_index",
-                [table],
-            )
-            indexes: dict[str, tuple[bool, list[str]]] = {}
-            for name, non_unique, column, sub_part in cursor.fetchall():
-                part = _q(column) + (f"({int(sub_part)})" if sub_part else "")
-                indexes.setdefault(name, (not int(non_unique), []))[1].append(part)
-            if not indexes:
-                continue
+        # One query for every table: each process asks this at its start.
+        cursor.execute(
+            "SELECT table_name, index_name, non_unique, column_name, sub_part "
+            "FROM information_schema.statistics WHERE table_schema = DATABASE() "
+            f"AND table_name IN ({', '.join(['%s'] * len(tables))}) AND index_type = 'HASH' "
+            "ORDER BY table_name, index_name, seq_in_index",
+            sorted(tables),
+        )
+        hashed: dict[str, dict[str, tuple[bool, list[str]]]] = {}
+        for table, name, non_unique, column, sub_part in cursor.fetchall():
+            part = _q(column) + (f"({int(sub_part)})" if sub_part else "")
+            indexes = hashed.setdefault(table, {})
+            indexes.setdefault(name, (not int(non_unique), []))[1].append(part)
+        for table, indexes in hashed.items():
             changes = []
             for name, (unique, parts) in indexes.items():
                 key = f"USING BTREE ({', '.join(parts)})"
