@@ -632,45 +632,28 @@ def _write_delta_once(
     connection = connections[alias]
     generation = (expected or 0) + 1
     (data,) = encoded_chunks(io.BytesIO(payload), chain, label)
-    values = {
-        "app_label": model._meta.app_label,
-        "model_name": model_name_of(model),
-        "kind": PersistentStorage.KIND_DELTA,
-        "format": journal.DELTA_FORMAT,
-        "format_version": journal.DELTA_FORMAT_VERSION,
-        "codecs": list(chain),
-        "key_ids": codecs.key_ids(chain, label=label),
-        "row_count": rows,
-        "size": len(data),
-        "checksum": hashlib.sha256(data).hexdigest(),
-        "chunk_count": 0,
-        "inline": data,
-        "generation": generation,
-        "written_by": writer_id(),
-        "updated_at": timezone.now(),
-    }
-    fields = [cast(Field, PersistentStorage._meta.get_field(name)) for name in values]
-    qn = connection.ops.quote_name
-    # Parameter types for server-side binding on PostgreSQL; no length, so a value too
-    # long is an error, not cut short.
-    typed = connection.vendor == "postgresql"
-    lock = (
-        " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+    sql, fields = _delta_statement(connection)
+    values = (
+        model._meta.app_label,
+        model_name_of(model),
+        PersistentStorage.KIND_DELTA,
+        journal.DELTA_FORMAT,
+        journal.DELTA_FORMAT_VERSION,
+        list(chain),
+        codecs.key_ids(chain, label=label),
+        rows,
+        len(data),
+        hashlib.sha256(data).hexdigest(),
+        0,  # chunk_count: the data is inline
+        data,
+        generation,
+        writer_id(),
+        timezone.now(),
     )
-    storage = qn(PersistentStorage._meta.db_table)
-    sql = (
-        f"INSERT INTO {storage} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
-        f"SELECT {', '.join(f'%s::{_base_type(f, connection)}' if typed else '%s' for f in fields)}, "
-        f"created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
-        f"AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
-        f"newer.model_name = %s AND newer.generation > %s) ORDER BY kind DESC LIMIT 1{lock}"
-    )
-    key: tuple[Any, ...] = (values["app_label"], values["model_name"], expected or 0)
-    params = [
-        f.get_db_prep_save(v, connection) for f, v in zip(fields, values.values(), strict=True)
-    ]
+    key: tuple[Any, ...] = (values[0], values[1], expected or 0)
+    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
     for _attempt in range(READ_RETRIES):
-        with connection.cursor() as cursor:
+        with bound_cursor(connection) as cursor:
             cursor.execute(sql, [*params, *key, *key])
             if cursor.rowcount == 1:
                 return generation, len(data), 0
@@ -687,6 +670,82 @@ def _write_delta_once(
         f"{label}: generation {expected} was replaced {READ_RETRIES} times while a delta "
         f"was stored on it; try again"
     )
+
+
+#: The ``PersistentStorage`` fields a delta's INSERT sets, in ``_write_delta_once``'s
+#: order; ``created_at`` is copied from the row it builds on.
+DELTA_FIELDS = (
+    "app_label",
+    "model_name",
+    "kind",
+    "format",
+    "format_version",
+    "codecs",
+    "key_ids",
+    "row_count",
+    "size",
+    "checksum",
+    "chunk_count",
+    "inline",
+    "generation",
+    "written_by",
+    "updated_at",
+)
+
+_delta_statements: dict[tuple[str, str], tuple[str, list[Field]]] = {}
+
+
+def _delta_statement(connection: Any) -> tuple[str, list[Field]]:
+    """The SQL of a delta's INSERT on ``connection``'s database, and its fields; made
+    once per database (a delta is stored at every committed write)."""
+    cache_key = (connection.alias, connection.vendor)
+    found = _delta_statements.get(cache_key)
+    if found is not None:
+        return found
+    fields = [cast(Field, PersistentStorage._meta.get_field(name)) for name in DELTA_FIELDS]
+    qn = connection.ops.quote_name
+    # Parameter types for server-side binding on PostgreSQL (``bound_cursor``); no
+    # length, so a value too long is an error, not cut short.
+    typed = connection.vendor == "postgresql"
+    lock = (
+        " " + connection.ops.for_update_sql() if connection.features.has_select_for_update else ""
+    )
+    storage = qn(PersistentStorage._meta.db_table)
+    sql = (
+        f"INSERT INTO {storage} ({', '.join(qn(str(f.column)) for f in fields)}, created_at) "
+        f"SELECT {', '.join(f'%s::{_base_type(f, connection)}' if typed else '%s' for f in fields)}, "
+        f"created_at FROM {storage} WHERE app_label = %s AND model_name = %s AND generation = %s "
+        f"AND NOT EXISTS (SELECT 1 FROM {storage} newer WHERE newer.app_label = %s AND "
+        f"newer.model_name = %s AND newer.generation > %s) ORDER BY kind DESC LIMIT 1{lock}"
+    )
+    _delta_statements[cache_key] = (sql, fields)
+    return sql, fields
+
+
+def bound_cursor(connection: Any) -> Any:
+    """A cursor of ``connection`` that sends the parameters apart from the SQL.
+
+    On PostgreSQL with psycopg 3, Django's cursors write the parameters into the SQL
+    text on the client (unless ``OPTIONS["server_side_binding"]``), and the server
+    parses that text again each time: for a delta's INSERT that cost about as much as
+    its round trip (bench/bench_perf.py, target 1b). This cursor binds them on the
+    server, without a prepared statement, so it works behind a transaction pooler too.
+    Elsewhere it is Django's cursor. Either way it is Django's wrapper: errors, query
+    logging and ``execute_wrapper`` apply.
+    """
+    if connection.vendor != "postgresql":
+        return connection.cursor()
+    from django.db.backends.postgresql import base as postgresql
+
+    if not hasattr(postgresql, "ServerBindingCursor"):  # psycopg 2 binds on the client
+        return connection.cursor()
+    connection.ensure_connection()
+    connection.validate_thread_sharing()
+    with connection.wrap_database_errors:
+        cursor = postgresql.ServerBindingCursor(connection.connection)
+    if connection.queries_logged:
+        return connection.make_debug_cursor(cursor)
+    return connection.make_cursor(cursor)
 
 
 #: Tries of a delta whose base row a compaction replaced at the same generation.
