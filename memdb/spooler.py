@@ -737,12 +737,13 @@ def bound_cursor(connection: Any) -> Any:
         return connection.cursor()
     from django.db.backends.postgresql import base as postgresql
 
-    if not hasattr(postgresql, "ServerBindingCursor"):  # psycopg 2 binds on the client
+    binding: Any = getattr(postgresql, "ServerBindingCursor", None)
+    if binding is None:  # psycopg 2 binds on the client
         return connection.cursor()
     connection.ensure_connection()
     connection.validate_thread_sharing()
     with connection.wrap_database_errors:
-        cursor = postgresql.ServerBindingCursor(connection.connection)
+        cursor = binding(connection.connection)
     if connection.queries_logged:
         return connection.make_debug_cursor(cursor)
     return connection.make_cursor(cursor)
