@@ -93,20 +93,24 @@ def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
     )
 
     def read() -> Delta | None:
-        seq, rows = conn.execute(f"SELECT seq, rows FROM {c}").fetchone()
+        seq, rows, changed = conn.execute(
+            f"SELECT seq, rows, (SELECT count(*) FROM {j}) FROM {c}"
+        ).fetchone()
         gate.open()
-        keys = [row[0] for row in conn.execute(f"SELECT pk FROM {j}")]
-        if len(keys) > max(100, DELTA_MAX_SHARE * rows):
+        if changed > max(100, DELTA_MAX_SHARE * rows):
             return None
+        # Each key with its row as it is now; a key whose row is gone has NULLs there.
         cursor = conn.execute(
-            f"SELECT * FROM main.{q} WHERE {store.quote(column)} IN (SELECT pk FROM {j})"
+            f"SELECT {j}.pk, {q}.* FROM {j} LEFT JOIN main.{q} ON {q}.{store.quote(column)} = {j}.pk"
         )
-        columns = [d[0] for d in cursor.description]
-        found = cursor.fetchall()
-        index = columns.index(column)
-        present = {row[index] for row in found}
-        upsert = [[_encode_value(v) for v in row] for row in found]
-        deleted = [_encode_value(k) for k in keys if k not in present]
+        columns = [d[0] for d in cursor.description[1:]]
+        index = columns.index(column) + 1
+        upsert, deleted = [], []
+        for row in cursor:
+            if row[index] is None:
+                deleted.append(_encode_value(row[0]))
+            else:
+                upsert.append([_encode_value(v) for v in row[1:]])
         payload = json.dumps(
             {"columns": columns, "pk": column, "upsert": upsert, "delete": deleted},
             separators=(",", ":"),
@@ -114,7 +118,7 @@ def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
         ).encode()
         if len(payload) > memdb_settings.CHUNK_SIZE:
             return None  # a delta is one chunk at most
-        return Delta(seq=seq, rows=rows, changed=len(keys), payload=payload)
+        return Delta(seq=seq, rows=rows, changed=changed, payload=payload)
 
     with gate.closed():
         return store.run_locked_transaction(conn, read, immediate=False, gate=gate)

@@ -15,6 +15,7 @@ chunks' worth on PostgreSQL, 8 on MariaDB, measured), whatever the table's size.
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import io
 import os
@@ -628,12 +629,11 @@ def _write_delta_once(
     (bench/bench_perf.py, target 1b).
     """
     label = model._meta.label
-    alias = storage_alias()
-    connection = connections[alias]
+    connection = connections[storage_alias()]
     generation = (expected or 0) + 1
     (data,) = encoded_chunks(io.BytesIO(payload), chain, label)
     sql, fields = _delta_statement(connection)
-    values = (
+    same = (
         model._meta.app_label,
         model_name_of(model),
         PersistentStorage.KIND_DELTA,
@@ -641,17 +641,11 @@ def _write_delta_once(
         journal.DELTA_FORMAT_VERSION,
         list(chain),
         codecs.key_ids(chain, label=label),
-        rows,
-        len(data),
-        hashlib.sha256(data).hexdigest(),
-        0,  # chunk_count: the data is inline
-        data,
-        generation,
         writer_id(),
-        timezone.now(),
     )
-    key: tuple[Any, ...] = (values[0], values[1], expected or 0)
-    params = [f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=True)]
+    own = (rows, len(data), hashlib.sha256(data).hexdigest(), 0, data, generation, timezone.now())
+    key: tuple[Any, ...] = (same[0], same[1], expected or 0)
+    params = [*_prepared(connection, same), *_prepared(connection, own, len(same))]
     for _attempt in range(READ_RETRIES):
         with bound_cursor(connection) as cursor:
             cursor.execute(sql, [*params, *key, *key])
@@ -673,7 +667,8 @@ def _write_delta_once(
 
 
 #: The ``PersistentStorage`` fields a delta's INSERT sets, in ``_write_delta_once``'s
-#: order; ``created_at`` is copied from the row it builds on.
+#: order: first those that are the same at every delta of a table, then its own;
+#: ``created_at`` is copied from the row it builds on.
 DELTA_FIELDS = (
     "app_label",
     "model_name",
@@ -682,13 +677,13 @@ DELTA_FIELDS = (
     "format_version",
     "codecs",
     "key_ids",
+    "written_by",
     "row_count",
     "size",
     "checksum",
     "chunk_count",
     "inline",
     "generation",
-    "written_by",
     "updated_at",
 )
 
@@ -720,6 +715,25 @@ def _delta_statement(connection: Any) -> tuple[str, list[Field]]:
     )
     _delta_statements[cache_key] = (sql, fields)
     return sql, fields
+
+
+@functools.lru_cache(maxsize=64)
+def _prepared_same(alias: str, vendor: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+    connection = connections[alias]
+    _sql, fields = _delta_statement(connection)
+    return tuple(f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=False))
+
+
+def _prepared(connection: Any, values: tuple[Any, ...], start: int = 0) -> tuple[Any, ...]:
+    """``values`` of ``DELTA_FIELDS[start:]`` as the database takes them. Those that are
+    the same at every delta of a table (``start`` 0) are prepared once."""
+    if start == 0:
+        frozen = tuple(tuple(v) if isinstance(v, list) else v for v in values)
+        return _prepared_same(connection.alias, connection.vendor, frozen)
+    _sql, fields = _delta_statement(connection)
+    return tuple(
+        f.get_db_prep_save(v, connection) for f, v in zip(fields[start:], values, strict=True)
+    )
 
 
 def bound_cursor(connection: Any) -> Any:
