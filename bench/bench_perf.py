@@ -551,10 +551,162 @@ def part1(args: argparse.Namespace, kind: str) -> list[Figure]:
             "x",
         ),
     ]
+    figures.append(
+        Figure(
+            "1b*",
+            f"bare durable write, no memdb code / plain create(), {kind}",
+            bare_durable_write(args, DefaultRow),
+            None,
+            "x",
+        )
+    )
     show(figures)
+    commit_latency(DefaultRow)
     for model in (CommitSmall, CommitBig):
         model.objects.all().delete()
     return figures
+
+
+def bare_durable_write(args: argparse.Namespace, plain: Any) -> float:
+    """What the design's durable write costs with none of memdb's code around it; the
+    median per-round ratio to a plain ``create()`` of ``plain`` (no target).
+
+    Each write: a ``create()`` on Django's stock SQLite backend (``stock``, a private
+    ``:memory:``) into a table whose trigger counts it and records its key in a journal
+    table, as memdb's do; the journal's count and its rows (two queries); JSON and a
+    SHA-256 of them; the delta's guarded ``INSERT`` into ``PersistentStorage``, the very
+    statement memdb sends (``spooler._delta_statement``, bound on the server); and the
+    DELETE of the stored keys. No dirty check, claim, gate, transaction, codec, signal
+    or bookkeeping: less than any implementation of the design can do.
+    """
+    import hashlib
+
+    from benchapp.models import MemRow
+    from django.db import connection, connections
+    from django.utils import timezone
+
+    from memdb import spooler
+    from memdb.models import PersistentStorage
+
+    stock = connections["stock"]
+    if MemRow._meta.db_table not in stock.introspection.table_names():
+        with stock.schema_editor() as editor:
+            editor.create_model(MemRow)
+    table = MemRow._meta.db_table
+    stock.ensure_connection()
+    raw = stock.connection
+    raw.executescript(
+        f"""
+        CREATE TABLE bare_journal (pk INTEGER PRIMARY KEY, seq INTEGER NOT NULL);
+        CREATE TABLE bare_changes (seq INTEGER NOT NULL, rows INTEGER NOT NULL);
+        INSERT INTO bare_changes VALUES (0, 0);
+        CREATE TRIGGER bare_insert AFTER INSERT ON "{table}" BEGIN
+            UPDATE bare_changes SET seq = seq + 1, rows = rows + 1;
+            INSERT INTO bare_journal (pk, seq) VALUES (NEW.id, (SELECT seq FROM bare_changes))
+            ON CONFLICT (pk) DO UPDATE SET seq = excluded.seq;
+        END;
+        """
+    )
+    app, name = "bench_perf", "BareDurableWrite"
+    now = timezone.now()
+    PersistentStorage.objects.create(
+        app_label=app,
+        model_name=name,
+        kind=PersistentStorage.KIND_SNAPSHOT,
+        format="bare",
+        format_version=1,
+        codecs=[],
+        key_ids=[],
+        row_count=0,
+        size=0,
+        checksum="",
+        chunk_count=0,
+        generation=1,
+        written_by="bench",
+        created_at=now,
+        updated_at=now,
+    )
+    sql, _fields = spooler._delta_statement(connection)
+    same = spooler._prepared(connection, (app, name, "delta", "bare", 1, [], [], "bench"))
+    generation = [1]
+    create = MemRow.objects.using("stock").create
+
+    def durable_write(number: int, text: str, moment: datetime) -> None:
+        create(number=number, text=text, moment=moment)
+        seq, rows, _changed = raw.execute(
+            "SELECT seq, rows, (SELECT count(*) FROM bare_journal) FROM bare_changes"
+        ).fetchone()
+        found = raw.execute(
+            f'SELECT j.pk, t.* FROM bare_journal j LEFT JOIN "{table}" t ON t.id = j.pk'
+        ).fetchall()
+        payload = json.dumps([r[1:] for r in found], separators=(",", ":"), default=str).encode()
+        g = generation[0]
+        own = (rows, len(payload), hashlib.sha256(payload).hexdigest(), 0, payload, g + 1, now)
+        params = [*same, *spooler._prepared(connection, own, len(same)), app, name, g]
+        with spooler.bound_cursor(connection) as cursor:
+            cursor.execute(sql, [*params, app, name, g])
+            assert cursor.rowcount == 1, "the bare delta was not stored"
+        generation[0] = g + 1
+        raw.execute("DELETE FROM bare_journal WHERE seq <= ?", (seq,))
+
+    bare = argparse.Namespace(objects=argparse.Namespace(create=durable_write))
+    means: dict[str, list[float]] = {"bare": [], "plain": []}
+    pk0 = plain.objects.order_by("-pk").values_list("pk", flat=True).first() or 0
+    seq = [50_000_000]
+    try:
+        for round_number in range(args.rounds):
+            for side in rotated(["bare", "plain"], round_number):
+                model = bare if side == "bare" else plain
+                means[side].append(statistics.fmean(timed_row_creates(model, args.creates, seq)))
+    finally:
+        raw.executescript(
+            "DROP TRIGGER bare_insert; DROP TABLE bare_journal; DROP TABLE bare_changes;"
+        )
+        MemRow.objects.using("stock").all().delete()
+        PersistentStorage.objects.filter(app_label=app, model_name=name).delete()
+        plain.objects.filter(pk__gt=pk0).delete()
+    ratios = [b / p for b, p in zip(means["bare"], means["plain"], strict=True)]
+    print(
+        f"   bare durable write {us(statistics.median(means['bare']))}, plain create() "
+        f"{us(statistics.median(means['plain']))} (medians of round means); per-round "
+        f"ratios: " + " ".join(f"{x:.2f}" for x in ratios)
+    )
+    return statistics.median(ratios)
+
+
+#: Idle pauses before a timed INSERT in ``commit_latency``, milliseconds.
+PAUSES_MS = (0.0, 0.5, 1.5, 3.0)
+
+
+def commit_latency(model: Any, calls: int = 300) -> None:
+    """One INSERT and its commit on the default database, by how long the connection
+    was idle before it (no figure, no target).
+
+    On a server, a write's commit can take longer when the server was idle a while
+    before it (the machine wakes it): every microsecond a commit-policy create() spends
+    before its delta reaches the server then costs more than a microsecond. Raw SQL
+    through Django's cursor, ``calls`` per pause, in rotating order; mean microseconds.
+    """
+    from django.db import connection
+
+    table = connection.ops.quote_name(model._meta.db_table)
+    sql = f"INSERT INTO {table} (number, text, moment) VALUES (%s, %s, %s)"
+    moment = datetime(2024, 1, 1)  # naive: raw SQL, as every backend takes it
+    times: dict[float, list[float]] = {pause: [] for pause in PAUSES_MS}
+    with connection.cursor() as cursor:
+        for round_number in range(3):
+            for pause in rotated(list(PAUSES_MS), round_number):
+                for i in range(calls // 3):
+                    if pause:
+                        time.sleep(pause / 1000)
+                    t0 = time.perf_counter_ns()
+                    cursor.execute(sql, (i, "x" * 40, moment))
+                    times[pause].append(time.perf_counter_ns() - t0)
+    model.objects.filter(text="x" * 40).delete()
+    cells = "; ".join(
+        f"after {pause:g} ms idle {us(statistics.fmean(times[pause]))}" for pause in PAUSES_MS
+    )
+    print(f"   one INSERT + commit on the default database, raw SQL, microseconds: {cells}")
 
 
 class SpoolKinds:
@@ -1157,7 +1309,7 @@ def run_all(args: argparse.Namespace, db_dir: str) -> list[Figure]:
             policies.stop_interval()
             connections.close_all()
     order = {str(n): n for n in PARTS}
-    return sorted(figures, key=lambda f: order.get(f.target.rstrip("ab'\""), 0))
+    return sorted(figures, key=lambda f: order.get(f.target.rstrip("ab'*\""), 0))
 
 
 if __name__ == "__main__":
