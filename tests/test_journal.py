@@ -152,8 +152,14 @@ def scramble_memory() -> None:
 
 
 def restore_and_check(expected: list[tuple[int, str, int]], generation: int) -> None:
-    scramble_memory()
-    (result,) = api.restore(LABEL)
+    # The interval thread's backstop for dirty commit tables would store the scrambled
+    # table (a generation more) if it ticked between the scramble and the restore.
+    policies.stop_interval()
+    try:
+        scramble_memory()
+        (result,) = api.restore(LABEL)
+    finally:
+        policies.process_started()
     assert result.generation == generation
     assert result.rows == len(expected)
     assert memory() == expected
