@@ -1442,3 +1442,65 @@ def test_a_delta_whose_base_a_compaction_replaced_meanwhile_is_stored(no_interva
         thread.join(30)
     assert out["phase 2"][0] == "ok" and out["writer"][0] == "ok", out
     assert layout() == [("snapshot", 1, 3), ("snapshot", 2, 4), ("delta", 3, 5)]
+
+
+# -- how a delta reaches PostgreSQL -------------------------------------------------------
+
+on_postgresql = pytest.mark.skipif(
+    os.environ.get("MEMDB_TEST_DB", "sqlite") != "postgresql",
+    reason="server-side binding and prepared statements are PostgreSQL's (psycopg 3)",
+)
+DELTA_INSERT = f'INSERT INTO "{PersistentStorage._meta.db_table}"'
+
+
+@on_postgresql
+def test_a_delta_on_postgresql_sends_its_values_apart_from_its_sql() -> None:
+    """Django's psycopg 3 cursors write the values into the SQL text on the client; a
+    delta's INSERT, sent at every committed write, has them bound on the server."""
+    import psycopg
+
+    seed(2)
+    cursors: list[Any] = []
+
+    def spy(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
+        if sql.startswith(DELTA_INSERT):
+            cursors.append(context["cursor"].cursor)
+        return execute(sql, params, many, context)
+
+    with connections["default"].execute_wrapper(spy):
+        CommitScore.objects.create(player="bound", points=1)
+    (cursor,) = cursors
+    assert isinstance(cursor, psycopg.Cursor) and not isinstance(cursor, psycopg.ClientCursor)
+    assert layout()[-1][:2] == ("delta", 2)
+    (upsert, deleted) = changes(delta(2))
+    assert [row[1:] for row in upsert] == [("bound", 1)] and deleted == []
+
+
+@on_postgresql
+def test_a_delta_on_postgresql_is_prepared_only_when_the_connection_prepares() -> None:
+    """Not a prepared statement by default (Django turns them off, for transaction
+    poolers); one once the connection's ``prepare_threshold`` asks for them."""
+    seed(2)
+    storage = connections["default"]
+
+    def prepared() -> int:
+        with storage.cursor() as cursor:
+            cursor.execute(
+                "SELECT count(*) FROM pg_prepared_statements WHERE statement LIKE %s",
+                [DELTA_INSERT + "%"],
+            )
+            return int(cursor.fetchone()[0])
+
+    for points in range(3):
+        CommitScore.objects.create(player="default", points=points)
+    assert prepared() == 0
+    storage.ensure_connection()
+    storage.connection.prepare_threshold = 0  # as OPTIONS["prepare_threshold"] would
+    try:
+        for points in range(2):
+            CommitScore.objects.create(player="prepared", points=points)
+        assert prepared() == 1
+    finally:
+        storage.close()  # its prepared statement goes with its session
+    assert [kind for kind, _, _ in layout()] == ["snapshot"] + ["delta"] * 5
+    assert stored_now() == memory()
