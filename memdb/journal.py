@@ -23,6 +23,8 @@ touches the memory table, so writers never wait for it.
 from __future__ import annotations
 
 import base64
+import contextlib
+import itertools
 import json
 import sqlite3
 import threading
@@ -75,9 +77,9 @@ def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
     when too many changed for a delta (more than ``DELTA_MAX_SHARE`` of the rows and
     more than 100, or more than ``CHUNK_SIZE`` bytes of them): store the table then.
 
-    One read transaction (the gate closed until it holds its locks) reads the change
-    counter, the row count, the journal's keys and their rows, so the delta is a
-    consistent point-in-time read of the rows it names.
+    One statement (the gate closed until it holds its locks) reads the change counter,
+    the row count, the journal's keys and their rows, so the delta is a consistent
+    point-in-time read of the rows it names.
     """
     if getattr(conn, "kind", None) == "server":
         from . import server
@@ -92,25 +94,29 @@ def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
         store.quote(store.changes_table(table)),
     )
 
+    # One statement, so one point-in-time read: the counter, the row count and the
+    # number of keys on every row, then each key with its row as it is now (NULLs where
+    # the row is gone; one row of NULLs when the journal is empty).
+    sql = (
+        f"SELECT c.seq, c.rows, (SELECT count(*) FROM {j}), {j}.pk, {q}.* FROM {c} AS c "
+        f"LEFT JOIN {j} ON 1 LEFT JOIN main.{q} ON {q}.{store.quote(column)} = {j}.pk"
+    )
+
     def read() -> Delta | None:
-        seq, rows, changed = conn.execute(
-            f"SELECT seq, rows, (SELECT count(*) FROM {j}) FROM {c}"
-        ).fetchone()
-        gate.open()
-        if changed > max(100, DELTA_MAX_SHARE * rows):
-            return None
-        # Each key with its row as it is now; a key whose row is gone has NULLs there.
-        cursor = conn.execute(
-            f"SELECT {j}.pk, {q}.* FROM {j} LEFT JOIN main.{q} ON {q}.{store.quote(column)} = {j}.pk"
-        )
-        columns = [d[0] for d in cursor.description[1:]]
-        index = columns.index(column) + 1
-        upsert, deleted = [], []
-        for row in cursor:
-            if row[index] is None:
-                deleted.append(_encode_value(row[0]))
-            else:
-                upsert.append([_encode_value(v) for v in row[1:]])
+        with contextlib.closing(conn.execute(sql)) as cursor:
+            first = cursor.fetchone()  # the statement holds its table locks from here
+            gate.open()
+            seq, rows, changed = first[:3]
+            if changed > max(100, DELTA_MAX_SHARE * rows):
+                return None
+            columns = [d[0] for d in cursor.description[4:]]
+            index = columns.index(column) + 4
+            upsert, deleted = [], []
+            for row in itertools.chain([first], cursor) if changed else ():
+                if row[index] is None:
+                    deleted.append(_encode_value(row[3]))
+                else:
+                    upsert.append([_encode_value(v) for v in row[4:]])
         payload = json.dumps(
             {"columns": columns, "pk": column, "upsert": upsert, "delete": deleted},
             separators=(",", ":"),
@@ -121,7 +127,7 @@ def read_delta(conn: Any, model: ModelType, gate: store.Gate) -> Delta | None:
         return Delta(seq=seq, rows=rows, changed=changed, payload=payload)
 
     with gate.closed():
-        return store.run_locked_transaction(conn, read, immediate=False, gate=gate)
+        return store.retry_locked(read, gate=gate)
 
 
 def forget(conn: Any, model: ModelType, seq: int, gate: store.Gate) -> None:
