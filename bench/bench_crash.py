@@ -107,7 +107,7 @@ def run_one(kind: str, args: argparse.Namespace) -> bool:
         print(f"-- 1. SIGKILL during spools ({time.monotonic() - began:.1f} s wall)")
         print("\n".join(report.lines()))
         if problems:
-            print("the children's stderr:\n" + problems)
+            print(problems)
         ok = ok and not report.failures and not problems
         for policy in [p for p in args.policies.split(",") if p]:
             began = time.monotonic()
@@ -131,7 +131,7 @@ def run_one(kind: str, args: argparse.Namespace) -> bool:
             )
             print("\n".join(restored.lines()))
             if problems:
-                print("the children's stderr:\n" + problems)
+                print(problems)
             ok = ok and not restored.failures and not problems
     print(load_line())
     print(f"== {kind}: {'no failures' if ok else 'FAILED'}", flush=True)

@@ -231,11 +231,20 @@ class Launcher:
             pid = self.forks[seen]
         return self._child(pid)
 
-    def stderr_problems(self) -> str:
-        """The children's stderr if it holds a traceback or a memdb error, else ''."""
+    def stderr_problems(self, context: int = 40) -> str:
+        """'' if the children's stderr holds no traceback and no memdb message; else a
+        line that says how many it holds, and the first one with ``context`` lines after
+        it (the whole log can be megabytes: it is in ``self.log``)."""
         self.stderr.flush()
-        text = self.log.read_text(errors="replace")
-        return text if "Traceback" in text or "memdb:" in text else ""
+        lines = self.log.read_text(errors="replace").splitlines()
+        hits = [n for n, line in enumerate(lines) if "Traceback" in line or "memdb:" in line]
+        if not hits:
+            return ""
+        first = "\n".join(lines[hits[0] : hits[0] + context])
+        return (
+            f"the children's stderr ({self.log}) holds {len(hits)} lines with a traceback "
+            f"or a memdb message; the first, at line {hits[0] + 1}:\n{first}"
+        )
 
     def close(self) -> None:
         if self.zygote.stdin is not None and not self.zygote.stdin.closed:

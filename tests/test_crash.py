@@ -53,14 +53,19 @@ def test_sigkill_during_spools_leaves_one_complete_snapshot(
         problems = start.stderr_problems()
     summary = "\n".join(report.lines())
     print(summary)
-    assert report.failures == [], summary
+    # Each message's first line says what failed (pytest's short summary shows only it).
+    assert not report.failures, f"{report.failures[0]}\n{summary}"
     assert not problems, problems
     assert report.kills == KILLS
-    assert len(report.restored) == KILLS + 1, summary  # every start got as far as restoring
+    # Every start got as far as restoring.
+    assert len(report.restored) == KILLS + 1, f"{len(report.restored)} restores\n{summary}"
     # Most kills are aimed at spools, and land there: the test proves nothing otherwise.
-    assert report.in_spool >= KILLS // 4, summary
-    assert report.on_default_db >= KILLS // 10, summary
-    assert report.spools >= KILLS // 3, summary  # and the versions moved on
+    assert report.in_spool >= KILLS // 4, f"{report.in_spool} kills in a spool\n{summary}"
+    assert report.on_default_db >= KILLS // 10, (
+        f"{report.on_default_db} kills on the default database\n{summary}"
+    )
+    # And the versions moved on.
+    assert report.spools >= KILLS // 3, f"{report.spools} spools completed\n{summary}"
 
 
 @pytest.mark.parametrize("policy", ["manual", "interval", "commit"])
@@ -81,10 +86,10 @@ def test_sigkill_during_restore_leaves_the_snapshot_as_stored(
         problems = start.stderr_problems()
     summary = "\n".join(report.lines())
     print(summary)
-    assert report.failures == [], summary
+    assert not report.failures, f"{report.failures[0]}\n{summary}"
     assert not problems, problems
     assert report.kills == RESTORE_KILLS
-    assert report.mid_restore >= RESTORE_KILLS // 2, summary
+    assert report.mid_restore >= RESTORE_KILLS // 2, f"{report.mid_restore} mid-restore\n{summary}"
 
 
 @pytest.mark.parametrize("sabotage", ["discard", "torn"])
