@@ -224,15 +224,27 @@ _compacting_lock = threading.Lock()
 
 
 def request_compaction(model: ModelType) -> bool:
-    """Start compacting ``model``'s journal in a background thread, unless one runs."""
+    """Start compacting ``model``'s journal in a background thread, unless one runs.
+
+    Not at interpreter shutdown (the spool at exit, or the interval spooler's last
+    tick), where Python 3.12 refuses new threads: the journal is whole as it is, and the
+    next process compacts it once it outgrows the snapshot again.
+    """
     label = model._meta.label
     with _compacting_lock:
         if label in _compacting:
             return False
         _compacting.add(label)
-    threading.Thread(
+    thread = threading.Thread(
         target=_compact_in_background, args=(model,), name=f"memdb-compact-{label}", daemon=True
-    ).start()
+    )
+    try:
+        thread.start()
+    except RuntimeError:  # "can't create new thread at interpreter shutdown"
+        with _compacting_lock:
+            _compacting.discard(label)
+        store.logger.info("memdb: %s: no compaction at interpreter shutdown", label)
+        return False
     return True
 
 

@@ -207,9 +207,14 @@ def _on_sigterm(signum: int, frame: Any) -> None:
     at once.
     """
     signal.signal(signal.SIGTERM, signal.SIG_DFL)
-    threading.Thread(
-        target=_flush_then_die, args=(signum,), name="memdb-sigterm-flush", daemon=True
-    ).start()
+    try:
+        threading.Thread(
+            target=_flush_then_die, args=(signum,), name="memdb-sigterm-flush", daemon=True
+        ).start()
+    except RuntimeError:
+        # At interpreter shutdown (Python 3.12+ starts no thread then): the exit's own
+        # flush runs, and the process is ending; a second SIGTERM kills at once.
+        pass
 
 
 def _flush_then_die(signum: int) -> None:

@@ -699,6 +699,38 @@ def test_the_delta_count_threshold_compacts_in_the_background(
     assert compaction_requests == [LABEL], "the count starts again after a compaction"
 
 
+class ShutdownThreading:
+    """``threading`` as ``journal`` sees it at interpreter shutdown on Python 3.12+."""
+
+    class Thread(threading.Thread):
+        def start(self) -> None:
+            raise RuntimeError("can't create new thread at interpreter shutdown")
+
+
+def test_a_delta_at_interpreter_shutdown_is_stored_and_leaves_the_compaction(
+    monkeypatch: pytest.MonkeyPatch, compaction_requests: list[str], spools: list[SpoolResult]
+) -> None:
+    """Regression (Python 3.12): the interval spooler's last tick, at exit, stored a delta
+    past the threshold, the compaction thread it asked for could not start, and the
+    spool was logged as failed; the table was never compacted again in that process."""
+    monkeypatch.setattr(journal, "JOURNAL_MAX", 2)
+    ids = seed()
+    CommitScore.objects.filter(pk=ids[0]).update(points=100)
+    with monkeypatch.context() as shutdown:
+        shutdown.setattr(journal, "threading", ShutdownThreading)
+        CommitScore.objects.filter(pk=ids[1]).update(points=101)  # the second delta
+    assert compaction_requests == [LABEL]
+    assert [(r.kind, r.generation) for r in spools[-1:]] == [("delta", 3)]
+    assert layout() == [("snapshot", 1, 10), ("delta", 2, 10), ("delta", 3, 10)]
+    assert stored_now() == memory()
+
+    # Not marked as compacting for good: the next delta's request starts one.
+    CommitScore.objects.filter(pk=ids[2]).update(points=102)
+    assert compaction_requests == [LABEL, LABEL]
+    assert wait_until(lambda: layout() == [("snapshot", 4, 10)], 30.0), layout()
+    restore_and_check(memory(), 4)
+
+
 def test_the_journal_size_threshold_compacts_in_the_background(
     monkeypatch: pytest.MonkeyPatch, compaction_requests: list[str]
 ) -> None:
