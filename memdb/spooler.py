@@ -639,13 +639,16 @@ def _write_delta_once(
         PersistentStorage.KIND_DELTA,
         journal.DELTA_FORMAT,
         journal.DELTA_FORMAT_VERSION,
-        list(chain),
-        codecs.key_ids(chain, label=label),
+        tuple(chain),
+        tuple(codecs.key_ids(chain, label=label)),
         writer_id(),
     )
     own = (rows, len(data), hashlib.sha256(data).hexdigest(), 0, data, generation, timezone.now())
     key: tuple[Any, ...] = (same[0], same[1], expected or 0)
-    params = [*_prepared(connection, same), *_prepared(connection, own, len(same))]
+    params = [
+        *_prepared_same(connection.alias, connection.vendor, same),
+        *(f.get_db_prep_save(v, connection) for f, v in zip(fields[len(same) :], own, strict=True)),
+    ]
     for _attempt in range(READ_RETRIES):
         with bound_cursor(connection) as cursor:
             cursor.execute(sql, [*params, *key, *key])
@@ -718,21 +721,14 @@ def _delta_statement(connection: Any) -> tuple[str, list[Field]]:
 
 
 @functools.lru_cache(maxsize=64)
-def _prepared_same(alias: str, vendor: str, values: tuple[Any, ...]) -> tuple[Any, ...]:
+def _prepared_same(alias: str, vendor: str, same: tuple[Any, ...]) -> tuple[Any, ...]:
+    """The first ``len(same)`` values of ``DELTA_FIELDS``, those that are the same at
+    every delta of a table, as ``alias``'s database takes them: prepared once (per
+    vendor too: a test may point an alias at another database)."""
     connection = connections[alias]
     _sql, fields = _delta_statement(connection)
-    return tuple(f.get_db_prep_save(v, connection) for f, v in zip(fields, values, strict=False))
-
-
-def _prepared(connection: Any, values: tuple[Any, ...], start: int = 0) -> tuple[Any, ...]:
-    """``values`` of ``DELTA_FIELDS[start:]`` as the database takes them. Those that are
-    the same at every delta of a table (``start`` 0) are prepared once."""
-    if start == 0:
-        frozen = tuple(tuple(v) if isinstance(v, list) else v for v in values)
-        return _prepared_same(connection.alias, connection.vendor, frozen)
-    _sql, fields = _delta_statement(connection)
     return tuple(
-        f.get_db_prep_save(v, connection) for f, v in zip(fields[start:], values, strict=True)
+        f.get_db_prep_save(v, connection) for f, v in zip(fields[: len(same)], same, strict=True)
     )
 
 

@@ -80,7 +80,7 @@ def retry_locked(
     try:
         return func()  # almost always at once: the clock starts at the first conflict
     except (sqlite3.OperationalError, sqlite3.DatabaseError) as exc:
-        if not is_lock_error(exc):
+        if not is_lock_error(exc) or timeout == 0:
             raise
     started = time.monotonic()
     deadline = started + (memdb_settings.LOCK_TIMEOUT if timeout is None else timeout)
