@@ -16,6 +16,7 @@ from typing import Any
 
 import pytest
 from django.conf import settings
+from django.db import connections
 from django.test.utils import override_settings
 
 from memdb import policies, store
@@ -97,6 +98,78 @@ def memdb_fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
             yield
     else:
         yield
+
+
+@pytest.fixture(scope="session", autouse=True)
+def _quick_post_flush(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+    """After the flush that ends each transactional test, the content types and
+    permissions come back as two bulk inserts of the rows migrate made, instead of
+    Django's post_migrate handlers, which query app by app: 150 to 270 ms a test (on
+    SQLite, PostgreSQL and MariaDB), a third of a suite's time. The rows are the same,
+    and so are their ids (Django's would be new ones)."""
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+    from django.core.management.commands import flush
+    from django.db import router
+
+    original = flush.emit_post_migrate_signal
+    made: dict[str, tuple[list[ContentType], list[Permission]]] = {}
+    with django_db_blocker.unblock():
+        for alias in settings.DATABASES:
+            if router.allow_migrate_model(alias, ContentType) and router.allow_migrate_model(
+                alias, Permission
+            ):
+                made[alias] = (
+                    list(ContentType.objects.using(alias).order_by("pk")),
+                    list(Permission.objects.using(alias).order_by("pk")),
+                )
+
+    def emit_post_migrate_signal(verbosity: int, interactive: bool, db: str, **kwargs: Any) -> None:
+        if db not in made or kwargs:
+            original(verbosity, interactive, db, **kwargs)
+            return
+        content_types, permissions = made[db]
+        ContentType.objects.using(db).bulk_create(content_types)
+        Permission.objects.using(db).bulk_create(permissions)
+
+    flush.emit_post_migrate_signal = emit_post_migrate_signal
+    truncate = _delete_rather_than_truncate()
+    yield
+    flush.emit_post_migrate_signal = original
+    truncate()
+
+
+def _delete_rather_than_truncate() -> Callable[[], None]:
+    """On PostgreSQL, that flush empties the default database's tables with ``DELETE``
+    rather than ``TRUNCATE``, which makes new files for every table: 165 ms a test, for
+    tables of a few rows. Django's foreign keys there are deferred, so the order does
+    not matter. Returns what puts ``TRUNCATE`` back."""
+    if connections["default"].vendor != "postgresql":
+        return lambda: None
+    from django.db.backends.postgresql.operations import DatabaseOperations
+
+    truncate = DatabaseOperations.sql_flush
+
+    def sql_flush(
+        self: Any,
+        style: Any,
+        tables: Any,
+        *,
+        reset_sequences: bool = False,
+        allow_cascade: bool = False,
+    ) -> list[str]:
+        if self.connection.alias != "default" or reset_sequences or allow_cascade:
+            return truncate(
+                self, style, tables, reset_sequences=reset_sequences, allow_cascade=allow_cascade
+            )
+        return [f"DELETE FROM {style.SQL_FIELD(self.quote_name(table))};" for table in tables]
+
+    DatabaseOperations.sql_flush = sql_flush  # type: ignore[method-assign]
+
+    def restore() -> None:
+        DatabaseOperations.sql_flush = truncate  # type: ignore[method-assign]
+
+    return restore
 
 
 @pytest.fixture(scope="session", autouse=True)

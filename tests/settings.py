@@ -1,7 +1,10 @@
 """Settings for the test suite. The default database comes from the environment:
 
 MEMDB_TEST_DB=sqlite (default) | postgresql | mysql; PostgreSQL and MariaDB are reached
-on 127.0.0.1 (MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD/NAME override). The restart tests
+on 127.0.0.1 (MEMDB_TEST_DB_HOST/PORT/USER/PASSWORD/NAME override), without TLS: each
+transactional test connects anew, and TLS cost 70 ms a connection with PyMySQL (which
+loads the system's certificates each time), a fifth of an empty test's time
+(MEMDB_TEST_DB_TLS=1 asks for it: sslmode "prefer", PyMySQL's default). The restart tests
 set MEMDB_TEST_POLICY, _INTERVAL, _FLUSH_ON_EXIT, _CODECS and _FERNET_KEYS for their
 child processes.
 """
@@ -49,6 +52,9 @@ TEMPLATES = [
         },
     }
 ]
+# Logins in the admin and REST tests: Django's default hasher takes a third of a second
+# a password here, by design.
+PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
 STATIC_URL = "static/"
 ROOT_URLCONF = "tests.urls"
 # As the example project: sessions (CSRF enforced on POST), tokens and basic auth. No
@@ -99,6 +105,7 @@ elif _kind == "postgresql":
             "PASSWORD": _env("MEMDB_TEST_DB_PASSWORD", ""),
             "HOST": _env("MEMDB_TEST_DB_HOST", "127.0.0.1"),
             "PORT": _env("MEMDB_TEST_DB_PORT", "5432"),
+            "OPTIONS": {} if _env("MEMDB_TEST_DB_TLS") == "1" else {"sslmode": "disable"},
             "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME")},
         }
     }
@@ -114,7 +121,10 @@ elif _kind == "mysql":
             "PASSWORD": _env("MEMDB_TEST_DB_PASSWORD", ""),
             "HOST": _env("MEMDB_TEST_DB_HOST", "127.0.0.1"),
             "PORT": _env("MEMDB_TEST_DB_PORT", "3306"),
-            "OPTIONS": {"charset": "utf8mb4"},
+            "OPTIONS": {
+                "charset": "utf8mb4",
+                **({} if _env("MEMDB_TEST_DB_TLS") == "1" else {"ssl_disabled": True}),
+            },
             "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME"), "CHARSET": "utf8mb4"},
         }
     }

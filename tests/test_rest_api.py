@@ -68,10 +68,9 @@ SLASHES = pytest.mark.parametrize("slash", ["", "/"], ids=["no-slash", "slash"])
 
 
 @pytest.fixture(autouse=True)
-def _fast_passwords_and_no_throttle_history(settings: Any) -> Iterator[None]:
-    """Cheap password hashing for session and basic logins; DRF's throttle history lives
-    in the default cache, so every test starts and ends without it."""
-    settings.PASSWORD_HASHERS = ["django.contrib.auth.hashers.MD5PasswordHasher"]
+def _no_throttle_history() -> Iterator[None]:
+    """DRF's throttle history lives in the default cache: every test starts and ends
+    without it."""
     cache.clear()
     yield
     cache.clear()
