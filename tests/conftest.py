@@ -100,35 +100,29 @@ def memdb_fresh_state(request: pytest.FixtureRequest) -> Iterator[None]:
         yield
 
 
+#: Per database: the content types and permissions that migrate made (``_quick_post_flush``).
+_POST_MIGRATE_ROWS: dict[str, tuple[list[Any], list[Any]]] = {}
+
+
 @pytest.fixture(scope="session", autouse=True)
-def _quick_post_flush(django_db_setup: None, django_db_blocker: Any) -> Iterator[None]:
+def _quick_post_flush() -> Iterator[None]:
     """After the flush that ends each transactional test, the content types and
     permissions come back as two bulk inserts of the rows migrate made, instead of
     Django's post_migrate handlers, which query app by app: 150 to 270 ms a test (on
     SQLite, PostgreSQL and MariaDB), a third of a suite's time. The rows are the same,
-    and so are their ids (Django's would be new ones)."""
+    and so are their ids. They are read at the start of the first transactional test on
+    each database (``_remember_post_migrate_rows``); until then Django's handlers run."""
     from django.contrib.auth.models import Permission
     from django.contrib.contenttypes.models import ContentType
     from django.core.management.commands import flush
-    from django.db import router
 
     original = flush.emit_post_migrate_signal
-    made: dict[str, tuple[list[ContentType], list[Permission]]] = {}
-    with django_db_blocker.unblock():
-        for alias in settings.DATABASES:
-            if router.allow_migrate_model(alias, ContentType) and router.allow_migrate_model(
-                alias, Permission
-            ):
-                made[alias] = (
-                    list(ContentType.objects.using(alias).order_by("pk")),
-                    list(Permission.objects.using(alias).order_by("pk")),
-                )
 
     def emit_post_migrate_signal(verbosity: int, interactive: bool, db: str, **kwargs: Any) -> None:
-        if db not in made or kwargs:
+        if db not in _POST_MIGRATE_ROWS or kwargs:
             original(verbosity, interactive, db, **kwargs)
             return
-        content_types, permissions = made[db]
+        content_types, permissions = _POST_MIGRATE_ROWS[db]
         ContentType.objects.using(db).bulk_create(content_types)
         Permission.objects.using(db).bulk_create(permissions)
 
@@ -137,6 +131,37 @@ def _quick_post_flush(django_db_setup: None, django_db_blocker: Any) -> Iterator
     yield
     flush.emit_post_migrate_signal = original
     truncate()
+
+
+@pytest.fixture(autouse=True)
+def _remember_post_migrate_rows(request: pytest.FixtureRequest) -> None:
+    """Read the rows ``_quick_post_flush`` puts back, before the first transactional
+    test on a database changes anything (the database is as migrate, or the last
+    flush and Django's handlers, left it)."""
+    marker = request.node.get_closest_marker("django_db")
+    if marker is None or not marker.kwargs.get("transaction", False):
+        return
+    from django.contrib.auth.models import Permission
+    from django.contrib.contenttypes.models import ContentType
+    from django.db import router
+
+    databases = marker.kwargs.get("databases") or ["default"]
+    aliases = settings.DATABASES if databases == "__all__" else databases
+    missing = [
+        alias
+        for alias in aliases
+        if alias not in _POST_MIGRATE_ROWS
+        and router.allow_migrate_model(alias, ContentType)
+        and router.allow_migrate_model(alias, Permission)
+    ]
+    if not missing:
+        return
+    request.getfixturevalue("_django_db_helper")
+    for alias in missing:
+        _POST_MIGRATE_ROWS[alias] = (
+            list(ContentType.objects.using(alias).order_by("pk")),
+            list(Permission.objects.using(alias).order_by("pk")),
+        )
 
 
 def _delete_rather_than_truncate() -> Callable[[], None]:
