@@ -30,12 +30,19 @@ from tests.server_stores import on_mariadb_server_store
 MEMORY_TRANSACTIONS = not on_mariadb_server_store()
 
 
-def _on_memdb(request: pytest.FixtureRequest, *, transactional: bool) -> bool:
+def _marked_databases(request: pytest.FixtureRequest, *, transactional: bool) -> list[str]:
+    """The databases the test's ``django_db`` mark opens: none without a mark, or when
+    ``transactional`` and the test is not."""
     marker = request.node.get_closest_marker("django_db")
     if marker is None or (transactional and not marker.kwargs.get("transaction", False)):
-        return False
-    databases = marker.kwargs.get("databases") or ()
-    return databases == "__all__" or settings.MEMDB.get("ALIAS", "memdb") in databases
+        return []
+    databases = marker.kwargs.get("databases") or ["default"]
+    return list(settings.DATABASES) if databases == "__all__" else list(databases)
+
+
+def _on_memdb(request: pytest.FixtureRequest, *, transactional: bool) -> bool:
+    alias = settings.MEMDB.get("ALIAS", "memdb")
+    return alias in _marked_databases(request, transactional=transactional)
 
 
 @contextmanager
@@ -138,18 +145,13 @@ def _remember_post_migrate_rows(request: pytest.FixtureRequest) -> None:
     """Read the rows ``_quick_post_flush`` puts back, before the first transactional
     test on a database changes anything (the database is as migrate, or the last
     flush and Django's handlers, left it)."""
-    marker = request.node.get_closest_marker("django_db")
-    if marker is None or not marker.kwargs.get("transaction", False):
-        return
     from django.contrib.auth.models import Permission
     from django.contrib.contenttypes.models import ContentType
     from django.db import router
 
-    databases = marker.kwargs.get("databases") or ["default"]
-    aliases = settings.DATABASES if databases == "__all__" else databases
     missing = [
         alias
-        for alias in aliases
+        for alias in _marked_databases(request, transactional=True)
         if alias not in _POST_MIGRATE_ROWS
         and router.allow_migrate_model(alias, ContentType)
         and router.allow_migrate_model(alias, Permission)

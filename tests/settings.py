@@ -78,6 +78,7 @@ SPECTACULAR_SETTINGS = {
 
 _kind = os.environ.get("MEMDB_TEST_DB", "sqlite")
 _env = os.environ.get
+_tls = _env("MEMDB_TEST_DB_TLS") == "1"  # see the docstring
 if _kind == "sqlite":
     DATABASES = {
         "default": {
@@ -105,7 +106,7 @@ elif _kind == "postgresql":
             "PASSWORD": _env("MEMDB_TEST_DB_PASSWORD", ""),
             "HOST": _env("MEMDB_TEST_DB_HOST", "127.0.0.1"),
             "PORT": _env("MEMDB_TEST_DB_PORT", "5432"),
-            "OPTIONS": {} if _env("MEMDB_TEST_DB_TLS") == "1" else {"sslmode": "disable"},
+            "OPTIONS": {} if _tls else {"sslmode": "disable"},
             "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME")},
         }
     }
@@ -123,7 +124,7 @@ elif _kind == "mysql":
             "PORT": _env("MEMDB_TEST_DB_PORT", "3306"),
             "OPTIONS": {
                 "charset": "utf8mb4",
-                **({} if _env("MEMDB_TEST_DB_TLS") == "1" else {"ssl_disabled": True}),
+                **({} if _tls else {"ssl_disabled": True}),
             },
             "TEST": {"NAME": _env("MEMDB_TEST_DB_TEST_NAME"), "CHARSET": "utf8mb4"},
         }
