@@ -640,21 +640,27 @@ def prepare(wrapper: BaseDatabaseWrapper, state: StoreState) -> bool:
     if state.kind == "server":
         return server.prepare(state)
     raw = wrapper.connection
-    raw.execute("PRAGMA journal_mode = WAL")
+
+    def execute(sql: str, params: tuple[Any, ...] = ()) -> sqlite3.Cursor:
+        # The booted workers of the host use the file meanwhile: even the WAL pragma
+        # may find it locked (this connection has no busy timeout: see retry_locked).
+        return retry_locked(lambda: raw.execute(sql, params))
+
+    execute("PRAGMA journal_mode = WAL")
     meta = get_meta(state)
     if meta.get("boot", boot_id()) != boot_id() and not memdb_settings.HOST_KEEP_ON_REBOOT:
         logger.info("memdb: %s was left by an earlier boot; emptied", host_path(state.name))
-        tables = raw.execute(
+        tables = execute(
             "SELECT name FROM sqlite_master WHERE type = 'table' AND name NOT LIKE 'sqlite_%'"
         ).fetchall()
         _drop_tables(raw, [name for (name,) in tables])
     # The state database belongs to one store file: a new file (deleted, or replaced
     # by the test runner) starts with no state, whatever the old file left.
-    raw.execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID_TABLE} (id TEXT NOT NULL)")
-    row = raw.execute(f"SELECT id FROM {STORE_ID_TABLE}").fetchone()
+    execute(f"CREATE TABLE IF NOT EXISTS {STORE_ID_TABLE} (id TEXT NOT NULL)")
+    row = execute(f"SELECT id FROM {STORE_ID_TABLE}").fetchone()
     if row is None:
         row = (uuid.uuid4().hex,)
-        raw.execute(f"INSERT INTO {STORE_ID_TABLE} (id) VALUES (?)", row)
+        execute(f"INSERT INTO {STORE_ID_TABLE} (id) VALUES (?)", row)
     if meta.get("store") != row[0]:
         for table in (META_TABLE, STATE_TABLE):
             state_connection(state).execute(f"DELETE FROM {table}")
