@@ -353,13 +353,29 @@ def current_id() -> str | None:
     return None if row is None else str(row[0])
 
 
+def lost(state: store.StoreState) -> bool:
+    """Whether the server lost the store since this process opened it, or another
+    thread of this process is restoring it (either way: wait for ``recover``).
+
+    Read in this order: the id this process knows, the server's, then ``recovering``.
+    A thread that rebuilds the store commits the new id, sets ``recovering``, then
+    takes the new id, and clears ``recovering`` only once the tables are restored. So
+    a known id equal to the server's new one was taken after ``recovering`` was set,
+    and ``recovering`` read last is clear only if the restore has ended. (Read first,
+    it could be clear before the rebuild began, and both ids new by the time they were
+    read: the emptied tables looked like the store.)
+    """
+    known = state.store_id
+    current = current_id()
+    return current != known or state.recovering is not None
+
+
 def check(state: store.StoreState, label: str) -> None:
     """Raise ``store.StoreLost`` if the server lost the store since this process
     opened it (``claim`` calls it once it leads ``label``)."""
-    restorer = state.recovering
-    if restorer is threading.current_thread():
+    if state.recovering is threading.current_thread():
         return  # restoring it: its own claims
-    if restorer is not None or current_id() != state.store_id:
+    if lost(state):
         raise store.StoreLost(
             f"{label}: the server lost the memory tables (a crash or a restart empties "
             f"UNLOGGED tables); they are restored before anything is spooled"

@@ -14,6 +14,7 @@ from __future__ import annotations
 import json
 import os
 import signal
+import threading
 import time
 import urllib.request
 from collections.abc import Iterator
@@ -26,6 +27,7 @@ from django.core import checks as django_checks
 from django.test.utils import override_settings
 
 from memdb import checks as memdb_checks
+from memdb import server, store
 from tests.children import (
     BOOT_RACE,
     COMMIT_WRITER,
@@ -252,6 +254,33 @@ def test_a_server_that_lost_the_tables_is_restored_never_spooled_over(
     assert result["restore_state"] == "ok"
     assert "the server lost the memory tables; restoring them" in err
     assert stored_generation(default_db, "testapp.Score") == (1, 2)
+
+
+def test_a_rebuild_by_another_thread_while_the_server_is_asked_is_never_missed(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The race a CI run met: a thread of this process notices the loss and rebuilds
+    the store while another thread's check asks the server for the store's id. The
+    check must not take the emptied tables for the store while their restore runs
+    (it read ``recovering`` before the rebuild began, and the new id after)."""
+
+    def state_asking_while_rebuilt() -> store.StoreState:
+        state = store.StoreState(name="race")
+        state.store_id = "old"
+
+        def current_id() -> str:
+            # ``recover``'s steps, in its order: the new id committed, ``recovering``
+            # set, the new id taken; the restore then runs.
+            state.recovering = threading.Thread(target=lambda: None)
+            state.store_id = "new"
+            return "new"
+
+        monkeypatch.setattr(server, "current_id", current_id)
+        return state
+
+    assert server.lost(state_asking_while_rebuilt())
+    with pytest.raises(store.StoreLost, match="testapp.Score: the server lost"):
+        server.check(state_asking_while_rebuilt(), "testapp.Score")
 
 
 @server_store

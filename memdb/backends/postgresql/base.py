@@ -47,7 +47,7 @@ class ServerStoreMixin:
             state = store.state_for(store.state_name(self.settings_dict))
             if state.ready and state.booting is None:
                 # Lost, or being restored by another thread of this process: wait for it.
-                if state.recovering is not None or server.current_id() != state.store_id:
+                if server.lost(state):
                     server.recover(state)
             else:
                 store.bootstrap(self)  # type: ignore[arg-type]
