@@ -443,8 +443,12 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
                     conn.execute(sql)
                 store.reset_tracking(conn, job.model)
                 job.seq = store.read_seq(conn, table)
+            check_foreign_keys(conn, [job.model._meta.db_table for job, _, _ in plans])
 
-        conn.execute("PRAGMA foreign_keys = ON")
+        # Off, so that emptying a table runs no ON DELETE action (Django 6.1's
+        # DB_CASCADE, DB_SET_NULL) on the tables that point at it: their rows stay, and
+        # the keys are checked once the tables are loaded (``check_foreign_keys``).
+        conn.execute("PRAGMA foreign_keys = OFF")
         try:
             with gate.closed():
                 store.run_locked_transaction(conn, copy, immediate=True, gate=gate)
@@ -460,6 +464,33 @@ def _load(conn: sqlite3.Connection, jobs: list[_Job], gate: store.Gate) -> None:
     finally:
         for schema in attached:
             conn.execute(f"DETACH DATABASE {schema}")
+
+
+def check_foreign_keys(conn: sqlite3.Connection, tables: list[str]) -> None:
+    """Raise ``sqlite3.IntegrityError`` if a row of ``tables``, or of a table pointing
+    at one of them, points at a row that is not there.
+
+    A restore loads with foreign keys off: with them on, emptying a table runs the ON
+    DELETE action of each key pointing at it (Django 6.1's ``DB_CASCADE``,
+    ``DB_SET_NULL``), and the rows of other tables, which the restore is not asked to
+    touch, would be deleted or changed. This is the check SQLite makes at commit with
+    them on: a snapshot that would orphan rows is refused, whatever ``on_delete`` says.
+    """
+    marks = ", ".join("?" * len(tables))
+    pointing = conn.execute(
+        "SELECT DISTINCT m.name FROM main.sqlite_master AS m, "
+        "pragma_foreign_key_list(m.name, 'main') AS k "
+        f"WHERE m.type = 'table' AND k.\"table\" IN ({marks}) ORDER BY m.name",
+        tables,
+    ).fetchall()
+    for table in dict.fromkeys([*tables, *(name for (name,) in pointing)]):
+        broken = conn.execute(f"PRAGMA main.foreign_key_check({store.quote(table)})").fetchall()
+        if broken:
+            _, rowid, parent, _ = broken[0]
+            raise sqlite3.IntegrityError(
+                f"FOREIGN KEY constraint failed: {len(broken)} row(s) of {table} point at "
+                f"rows {parent} does not have (the first: rowid {rowid})"
+            )
 
 
 def _plan(

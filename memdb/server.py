@@ -1156,6 +1156,13 @@ def load(jobs: list[Any]) -> None:
                 tables.append(store.journal_table(table))
         tracked = [job.model._meta.db_table for job in jobs]
         with exclusive(wrapper, tables, tracked) as cursor:
+            # Emptying a table would run the ON DELETE action of each key pointing at
+            # it (DB_CASCADE): rows of other tables, not the restore's to change. Such
+            # keys are dropped meanwhile; added back, each checks every row (a
+            # snapshot that would orphan one fails the restore, which rolls back).
+            keys = _delete_actions(wrapper, cursor, tracked)
+            for child, name, _ in keys:
+                cursor.execute(f"ALTER TABLE {child} DROP CONSTRAINT {_q(name)}")
             for job, _ in reversed(prepared):
                 cursor.execute(f"DELETE FROM {_q(job.model._meta.db_table)}")
             for (job, columns), copy in zip(prepared, copies, strict=True):
@@ -1168,6 +1175,8 @@ def load(jobs: list[Any]) -> None:
                 cursor.execute(f'UPDATE {counter} SET "rows" = %s, whole = false', [job.rows])
                 cursor.execute(f"SELECT seq FROM {counter}")
                 job.seq = int(cursor.fetchone()[0])
+            for child, name, definition in keys:
+                cursor.execute(f"ALTER TABLE {child} ADD CONSTRAINT {_q(name)} {definition}")
             for sql in wrapper.ops.sequence_reset_sql(no_style(), [j.model for j in jobs]):
                 cursor.execute(sql)
     except RestoreError:
@@ -1179,6 +1188,24 @@ def load(jobs: list[Any]) -> None:
             for copy in copies:
                 with contextlib.suppress(DatabaseError), wrapper.cursor() as cursor:
                     cursor.execute(_drop_temporary(wrapper, copy))
+
+
+def _delete_actions(
+    wrapper: BaseDatabaseWrapper, cursor: Any, tables: list[str]
+) -> list[tuple[str, str, str]]:
+    """The foreign keys pointing at ``tables`` whose ON DELETE action the server runs
+    itself (Django 6.1's ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``): the
+    table that has each (quoted), its name and its definition. None on MariaDB, whose
+    ``MEMORY`` tables have no foreign keys."""
+    if wrapper.vendor == "mysql":
+        return []
+    cursor.execute(
+        "SELECT conrelid::regclass::text, conname, pg_get_constraintdef(oid) "
+        "FROM pg_constraint WHERE contype = 'f' AND confdeltype IN ('c', 'n', 'd') "
+        "AND confrelid = ANY(%s::regclass[]) ORDER BY 1, 2",
+        [[_q(table) for table in tables]],
+    )
+    return [tuple(row) for row in cursor.fetchall()]
 
 
 def _temporary(wrapper: BaseDatabaseWrapper, name: str) -> str:

@@ -35,7 +35,17 @@ from tests.helpers import (
     stored_chunks,
     stored_data,
 )
-from tests.testapp.models import AllTypes, CommitScore, Hit, Legacy, Player, Score, Team
+from tests.testapp.models import (
+    AllTypes,
+    CommitScore,
+    Hit,
+    Legacy,
+    Player,
+    Recruit,
+    Score,
+    Squad,
+    Team,
+)
 
 pytestmark = pytest.mark.django_db(transaction=True, databases=["default", "memdb"])
 
@@ -349,6 +359,33 @@ def test_restore_of_a_parent_table_keeps_foreign_keys_valid() -> None:
         api.restore("testapp.Team")  # would orphan bob
     assert sorted(Team.objects.values_list("name", flat=True)) == ["blue", "red"]
     assert Player.objects.get(name="bob").team == blue
+
+
+@pytest.mark.transactional_memory
+def test_restore_of_a_parent_table_runs_no_delete_action_of_the_keys_pointing_at_it() -> None:
+    """On Django 6.1 the database itself deletes (``DB_CASCADE``) or clears
+    (``DB_SET_NULL``) the rows pointing at a row it deletes. A restore of the parent
+    alone replaces its rows: the rows pointing at them stay as they are (a restore
+    that ran the actions emptied the child table, and its next spool stored it
+    empty), and a snapshot that would orphan one is still refused."""
+    red = Squad.objects.create(name="red")
+    Recruit.objects.create(squad=red, coach=red, name="ann")
+    api.spool("testapp.Squad", "testapp.Recruit")
+
+    api.restore("testapp.Squad")
+    kept = [("ann", "red", "red")]
+    assert list(Recruit.objects.values_list("name", "squad__name", "coach__name")) == kept
+    assert not info("testapp.Recruit").dirty
+
+    blue = Squad.objects.create(name="blue")
+    Recruit.objects.create(squad=blue, coach=blue, name="bob")
+    with pytest.raises(RestoreError, match=r"testapp\.Squad.*constraint"):
+        api.restore("testapp.Squad")  # would orphan bob
+    assert sorted(Squad.objects.values_list("name", flat=True)) == ["blue", "red"]
+    assert sorted(Recruit.objects.values_list("name", "squad__name", "coach__name")) == [
+        *kept,
+        ("bob", "blue", "blue"),
+    ]
 
 
 def test_restore_of_related_tables_together_checks_keys_against_the_restored_set() -> None:

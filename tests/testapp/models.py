@@ -45,6 +45,26 @@ class Tag(models.Model, PersistentInMemoryDB):
     name = models.SlugField()
 
 
+#: Django 6.1's delete actions that the database runs itself; the ORM's before it.
+DB_CASCADE = getattr(models, "DB_CASCADE", models.CASCADE)
+DB_SET_NULL = getattr(models, "DB_SET_NULL", models.SET_NULL)
+
+
+class Squad(models.Model, PersistentInMemoryDB):
+    name = models.CharField(max_length=50)
+
+
+class Recruit(models.Model, PersistentInMemoryDB):
+    """Keys with ON DELETE actions in the database (on Django 6.1): a restore of
+    ``Squad`` must not run them."""
+
+    squad = models.ForeignKey(Squad, on_delete=DB_CASCADE, related_name="recruits")
+    coach = models.ForeignKey(
+        Squad, null=True, blank=True, on_delete=DB_SET_NULL, related_name="coached"
+    )
+    name = models.CharField(max_length=50)
+
+
 class AllTypes(models.Model, PersistentInMemoryDB):
     """One field of every concrete Django field type the spooler must round-trip."""
 
