@@ -37,10 +37,40 @@ def tables_with_policy(policy: str) -> frozenset[str]:
     return frozenset(m._meta.db_table for m in models_with_policy(policy))
 
 
+@cache
+def tables_reaching(policy: str) -> frozenset[str]:
+    """The tables whose writes can change a table of ``policy``: those tables, and the
+    tables they point at with a delete action the database runs itself (Django 6.1's
+    ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``: a row deleted there deletes or
+    changes the rows pointing at it, in a statement that names only its own table),
+    and so on up."""
+    from django.apps import apps
+    from django.db.models import deletion
+
+    reached = set(tables_with_policy(policy))
+    database_actions = getattr(deletion, "DatabaseOnDelete", None)
+    if database_actions is None:  # before Django 6.1: the ORM deletes row by row
+        return frozenset(reached)
+    keys = [
+        (model._meta.db_table, field.related_model._meta.db_table)
+        for model in apps.get_models(include_auto_created=True)
+        for field in model._meta.concrete_fields
+        if field.related_model is not None
+        and isinstance(getattr(field.remote_field, "on_delete", None), database_actions)
+    ]
+    grown = True
+    while grown:
+        before = len(reached)
+        reached.update(parent for child, parent in keys if child in reached)
+        grown = len(reached) != before
+    return frozenset(reached)
+
+
 def clear_cache(**kwargs: Any) -> None:
     """Forget which models follow which policy (after a setting or a model changed)."""
     models_with_policy.cache_clear()
     tables_with_policy.cache_clear()
+    tables_reaching.cache_clear()
 
 
 setting_changed.connect(clear_cache)

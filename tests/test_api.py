@@ -15,7 +15,7 @@ from django.conf import settings
 from django.db import transaction
 from django.utils import timezone
 
-from memdb import api, store
+from memdb import api, policies, store
 from memdb.exceptions import (
     ConflictError,
     MemdbError,
@@ -386,6 +386,36 @@ def test_restore_of_a_parent_table_runs_no_delete_action_of_the_keys_pointing_at
         *kept,
         ("bob", "blue", "blue"),
     ]
+
+
+def test_tables_reaching_a_policy_follow_the_database_delete_actions() -> None:
+    """Django 6.1 deletes the recruits of a deleted squad in the database itself: a
+    write to the squads can change the ``commit`` table of recruits. Before it, the ORM
+    deleted them with statements of their own."""
+    from django.db.models import deletion
+
+    reaching = policies.tables_reaching("commit")
+    assert policies.tables_with_policy("commit") <= reaching
+    assert ("testapp_squad" in reaching) is hasattr(deletion, "DatabaseOnDelete")
+    assert "testapp_team" not in reaching  # Player is not ``commit``
+
+
+@pytest.mark.transactional_memory  # MariaDB's MEMORY tables have no foreign keys
+def test_a_delete_that_reaches_a_commit_table_spools_it() -> None:
+    """Deleting a squad deletes its recruits (in the database on Django 6.1, in a
+    statement that names the squads alone): the ``commit`` table of recruits is stored
+    without them when the delete returns."""
+    def stored_rows() -> int:  # as the latest stored generation (a delta) counts them
+        latest = PersistentStorage.objects.filter(app_label="testapp", model_name="Recruit")
+        return latest.order_by("-generation").values_list("row_count", flat=True)[0]
+
+    red = Squad.objects.create(name="red")
+    Recruit.objects.create(squad=red, name="ann")
+    assert stored_rows() == 1
+    red.delete()
+    assert not Recruit.objects.exists()
+    assert stored_rows() == 0
+    assert not info("testapp.Recruit").dirty
 
 
 def test_restore_of_related_tables_together_checks_keys_against_the_restored_set() -> None:

@@ -56,8 +56,10 @@ class Squad(models.Model, PersistentInMemoryDB):
 
 class Recruit(models.Model, PersistentInMemoryDB):
     """Keys with ON DELETE actions in the database (on Django 6.1): a restore of
-    ``Squad`` must not run them."""
+    ``Squad`` must not run them, and a delete of a squad, which runs them, spools this
+    ``commit`` table."""
 
+    memdb_policy = "commit"
     squad = models.ForeignKey(Squad, on_delete=DB_CASCADE, related_name="recruits")
     coach = models.ForeignKey(
         Squad, null=True, blank=True, on_delete=DB_SET_NULL, related_name="coached"

@@ -72,8 +72,9 @@ def track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[
     """After a statement that changed rows, spool ``commit``-policy tables once committed.
 
     A statement that names the table it writes (as Django's do) and that table has no
-    ``commit`` policy costs nothing more: every check of the ``commit`` tables is a round
-    trip to the server.
+    ``commit`` policy, nor a ``commit`` table pointing at it with a delete action the
+    database runs (``policies.tables_reaching``), costs nothing more: every check of the
+    ``commit`` tables is a round trip to the server.
     """
     result = execute(sql, params, many, context)
     write = _WRITE.match(sql)
@@ -91,7 +92,7 @@ def after_write(wrapper: Any, table: str) -> None:
     commit_tables = policies.tables_with_policy("commit")
     if not commit_tables:
         pass
-    elif table and table not in commit_tables and "." not in table:
+    elif table and table not in policies.tables_reaching("commit") and "." not in table:
         pass  # another table (a raw statement naming a schema is checked anyway)
     elif wrapper.in_atomic_block:
         policies.spool_on_commit(wrapper)
