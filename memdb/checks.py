@@ -28,6 +28,7 @@ W001 = "memdb.W001"  # unknown key in MEMDB
 W002 = "memdb.W002"  # test runner would replay migrations on the memory alias
 W003 = "memdb.W003"  # the host store's file is not on a RAM-backed file system
 W004 = "memdb.W004"  # a field a MariaDB MEMORY table cannot hold (the table is kept in InnoDB)
+W005 = "memdb.W005"  # a database delete action (DB_CASCADE) on a MariaDB MEMORY table
 
 
 @checks.register("memdb")
@@ -259,7 +260,7 @@ def _memory_engine_warnings(model: Any) -> list[checks.CheckMessage]:
         "django.db.backends.mysql"
     ):
         return []
-    return [
+    return _database_action_warnings(model) + [
         checks.Warning(
             f"{model._meta.label}.{f.name} ({type(f).__name__}) cannot live in a MariaDB "
             f"MEMORY table, which holds no TEXT, BLOB or JSON column: the table "
@@ -271,6 +272,31 @@ def _memory_engine_warnings(model: Any) -> list[checks.CheckMessage]:
             id=W004,
         )
         for f in unfit_fields(model, connections[alias])
+    ]
+
+
+def _database_action_warnings(model: Any) -> list[checks.CheckMessage]:
+    """On a MariaDB server store: each key whose ``on_delete`` the database would run
+    (Django 6.1's ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``), which a
+    ``MEMORY`` table, having no foreign keys, never runs."""
+    from django.db.models import deletion
+
+    actions = getattr(deletion, "DatabaseOnDelete", None)
+    if actions is None:
+        return []
+    return [
+        checks.Warning(
+            f"{model._meta.label}.{f.name} has on_delete={f.remote_field.on_delete}, which "
+            "the database runs itself; MariaDB MEMORY tables have no foreign keys, so a "
+            f"delete of a {f.related_model._meta.label} row would leave the rows of "
+            f"{model._meta.db_table} pointing at it as they are.",
+            hint="Use the ORM's own (models.CASCADE, models.SET_NULL), or silence "
+            "memdb.W005 if both tables are kept in InnoDB (memdb.W004).",
+            obj=f,
+            id=W005,
+        )
+        for f in model._meta.local_fields
+        if f.remote_field is not None and isinstance(f.remote_field.on_delete, actions)
     ]
 
 

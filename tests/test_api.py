@@ -405,6 +405,7 @@ def test_a_delete_that_reaches_a_commit_table_spools_it() -> None:
     """Deleting a squad deletes its recruits (in the database on Django 6.1, in a
     statement that names the squads alone): the ``commit`` table of recruits is stored
     without them when the delete returns."""
+
     def stored_rows() -> int:  # as the latest stored generation (a delta) counts them
         latest = PersistentStorage.objects.filter(app_label="testapp", model_name="Recruit")
         return latest.order_by("-generation").values_list("row_count", flat=True)[0]

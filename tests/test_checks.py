@@ -73,13 +73,53 @@ def unfit_for_memory_tables() -> list[str]:
     )
 
 
+def database_actions() -> list[str]:
+    """On the server store on MariaDB with Django 6.1, the memory keys whose
+    ``on_delete`` the database would run (``Recruit``'s); elsewhere none."""
+    from django.db.models import deletion
+
+    if not on_mariadb_server_store() or not hasattr(deletion, "DatabaseOnDelete"):
+        return []
+    return ["testapp.Recruit.coach", "testapp.Recruit.squad"]
+
+
 def test_the_test_settings_pass_every_check() -> None:
     """Nothing fires, but on MariaDB's server store memdb.W004 for each field that keeps
-    its table in InnoDB (the test models have some; tests/test_server_store.py)."""
+    its table in InnoDB (the test models have some; tests/test_server_store.py), and
+    with Django 6.1 memdb.W005 for each key with a database delete action."""
     for messages in (all_messages(), checks.run_checks(tags=["memdb"])):
-        assert [m.id for m in messages if m.id != memdb_checks.W004] == []
-        named = sorted(f"{m.obj.model._meta.label}.{m.obj.name}" for m in messages)
+        assert [m.id for m in messages if m.id not in (memdb_checks.W004, "memdb.W005")] == []
+        named = sorted(
+            f"{m.obj.model._meta.label}.{m.obj.name}" for m in messages if m.id == "memdb.W004"
+        )
         assert named == unfit_for_memory_tables()
+        named = sorted(
+            f"{m.obj.model._meta.label}.{m.obj.name}" for m in messages if m.id == "memdb.W005"
+        )
+        assert named == database_actions()
+
+
+def test_w005_a_database_delete_action_on_a_mariadb_memory_table() -> None:
+    """Django 6.1's DB_CASCADE and DB_SET_NULL on the MariaDB server store: MEMORY tables
+    have no foreign keys, the database would never run them. Not before Django 6.1,
+    nor on another store."""
+    from django.db.models import deletion
+
+    from tests.testapp.models import Recruit
+
+    warnings = memdb_checks._database_action_warnings(Recruit)
+    if not hasattr(deletion, "DatabaseOnDelete"):
+        assert warnings == []
+        return
+    assert [(w.id, w.obj.name) for w in warnings] == [
+        ("memdb.W005", "squad"),
+        ("memdb.W005", "coach"),
+    ]
+    assert "on_delete=DB_CASCADE" in warnings[0].msg and "MEMORY" in warnings[0].msg
+    assert "models.CASCADE" in warnings[0].hint
+    with memdb_settings(STORE="server"), memory_database(ENGINE="memdb.backends.mysql"):
+        assert memdb_checks.W005 in ids(memdb_checks._memory_engine_warnings(Recruit))
+    assert memdb_checks._memory_engine_warnings(Recruit) == [] or on_mariadb_server_store()
 
 
 def test_e001_memory_alias_missing() -> None:
