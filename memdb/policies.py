@@ -5,6 +5,7 @@ from __future__ import annotations
 import atexit
 import logging
 import os
+import re
 import signal
 import threading
 import time
@@ -64,6 +65,34 @@ def tables_reaching(policy: str) -> frozenset[str]:
         reached.update(parent for child, parent in keys if child in reached)
         grown = len(reached) != before
     return frozenset(reached)
+
+
+#: A statement that writes rows, by its first word.
+_WRITE = re.compile(r"\s*(INSERT|UPDATE|DELETE|REPLACE|TRUNCATE|MERGE)\b", re.IGNORECASE)
+#: The table a write names, in the forms Django's statements take on the three
+#: databases (``INSERT IGNORE INTO`` on MariaDB, ``INSERT OR IGNORE INTO`` on SQLite).
+_TARGET = re.compile(
+    r"\s*(?:INSERT\s+(?:IGNORE\s+|OR\s+[A-Z]+\s+)?INTO|UPDATE|DELETE\s+FROM|REPLACE\s+INTO)\s+"
+    r"[`\"]?([^`\"\s(,;]+)[`\"]?(?:\s|;|$)",
+    re.IGNORECASE,
+)
+
+
+def written_table(sql: str) -> str | None:
+    """The table ``sql`` writes, as it names it; "" for a write whose table this does
+    not tell (a ``TRUNCATE``, which may name several; a form Django does not use);
+    None if it is no write."""
+    if _WRITE.match(sql) is None:
+        return None
+    target = _TARGET.match(sql)
+    return "" if target is None else target.group(1)
+
+
+def may_reach_commit(table: str) -> bool:
+    """Whether a write to ``table`` (``written_table``) can change a ``commit`` table:
+    a table of ``tables_reaching("commit")``, one it cannot tell, or one named with its
+    schema."""
+    return not table or "." in table or table in tables_reaching("commit")
 
 
 def clear_cache(**kwargs: Any) -> None:

@@ -73,6 +73,25 @@ def test_commit_policy_spools_before_create_returns() -> None:
             id="bulk-create",
         ),
         pytest.param(
+            # INSERT IGNORE INTO (MariaDB), INSERT OR IGNORE INTO (SQLite)
+            lambda obj: CommitScore.objects.bulk_create(
+                [CommitScore(player="y")], ignore_conflicts=True
+            ),
+            id="bulk-create-ignoring-conflicts",
+        ),
+        pytest.param(
+            lambda obj: CommitScore.objects.bulk_create(
+                [CommitScore(pk=obj.pk, player="a", points=8)],
+                update_conflicts=True,
+                # MariaDB takes no conflict target (any unique key is one)
+                unique_fields=["id"]
+                if connections["memdb"].features.supports_update_conflicts_with_target
+                else None,
+                update_fields=["points"],
+            ),
+            id="bulk-create-updating-conflicts",
+        ),
+        pytest.param(
             lambda obj: CommitScore.objects.update_or_create(player="a", defaults={"points": 5}),
             id="update-or-create",
         ),
@@ -131,6 +150,48 @@ def test_commit_policy_rolled_back_atomic_spools_nothing() -> None:
     CommitScore.objects.create(player="next")
     assert snapshot(CommitScore) == (2, 2)
     assert [p for p, _ in stored_rows(CommitScore)] == ["kept", "next"]
+
+
+@pytest.mark.parametrize(
+    ("sql", "table"),
+    [
+        ('INSERT INTO "testapp_hit" ("path") VALUES (%s)', "testapp_hit"),
+        ("INSERT IGNORE INTO `testapp_hit` (`path`) VALUES (%s)", "testapp_hit"),
+        ('INSERT OR IGNORE INTO "testapp_hit" ("path") VALUES (%s)', "testapp_hit"),
+        ("REPLACE INTO testapp_hit (path) VALUES (%s)", "testapp_hit"),
+        ('UPDATE "testapp_hit" SET "path" = %s', "testapp_hit"),
+        ('DELETE FROM "testapp_hit"', "testapp_hit"),
+        ("  delete from testapp_hit where id = 1", "testapp_hit"),
+        ('TRUNCATE "testapp_hit", "testapp_score"', ""),  # may name several
+        ('INSERT INTO "memdb"."testapp_hit" ("path") VALUES (%s)', ""),
+        ("INSERT INTO testapp_hit(path) VALUES (%s)", ""),
+        ("INSERT INTO other.testapp_hit (path) VALUES (%s)", "other.testapp_hit"),
+        ('SELECT "path" FROM "testapp_hit"', None),
+        ('SAVEPOINT "s1"', None),
+    ],
+)
+def test_a_write_names_its_table_or_counts_as_any(sql: str, table: str | None) -> None:
+    """The table a statement writes, as the spool after a write reads it: a table it
+    cannot tell ("") has every ``commit`` table checked; a read (None) none."""
+    assert policies.written_table(sql) == table
+    if table is not None:
+        assert policies.may_reach_commit(table) is (table != "testapp_hit")
+
+
+def test_a_write_to_a_table_that_cannot_reach_a_commit_table_checks_none(
+    monkeypatch: pytest.MonkeyPatch,
+) -> None:
+    """The check of the ``commit`` tables after each write costs more than a write to a
+    memory table: a write to another table skips it (every store)."""
+    checks: list[str] = []
+    real = policies.spool_committed
+    monkeypatch.setattr(policies, "spool_committed", lambda: checks.append("checked") or real())
+    Hit.objects.create(path="/")
+    Score.objects.create(player="manual")
+    assert checks == []
+    CommitScore.objects.create(player="commit")
+    assert checks == ["checked"]
+    assert snapshot(CommitScore) == (1, 1)
 
 
 def test_commit_policy_leaves_other_policies_alone() -> None:

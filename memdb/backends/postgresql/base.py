@@ -13,7 +13,6 @@ store adds (``memdb.server``):
 
 from __future__ import annotations
 
-import re
 from typing import Any
 
 from django.db.backends.postgresql import base as pg_base
@@ -61,27 +60,20 @@ class DatabaseWrapper(ServerStoreMixin, pg_base.DatabaseWrapper):
     SchemaEditorClass = DatabaseSchemaEditor
 
 
-_WRITE = re.compile(
-    r"^\s*(?:INSERT\s+INTO|UPDATE|DELETE\s+FROM|TRUNCATE(?:\s+TABLE)?|REPLACE\s+INTO)\s+"
-    r"[`\"]?([^`\"\s(,;]+)",
-    re.IGNORECASE,
-)
-
-
 def track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict[str, Any]) -> Any:
     """After a statement that changed rows, spool ``commit``-policy tables once committed.
 
     A statement that names the table it writes (as Django's do) and that table has no
     ``commit`` policy, nor a ``commit`` table pointing at it with a delete action the
-    database runs (``policies.tables_reaching``), costs nothing more: every check of the
-    ``commit`` tables is a round trip to the server.
+    database runs (``policies.may_reach_commit``), costs nothing more: every check of
+    the ``commit`` tables is a round trip to the server.
     """
+    from memdb import policies
+
     result = execute(sql, params, many, context)
-    write = _WRITE.match(sql)
-    if write is not None and context["cursor"].rowcount != 0:
-        # A TRUNCATE may name several tables: checked whichever it names first.
-        truncate = sql.lstrip()[:8].upper() == "TRUNCATE"
-        after_write(context["connection"], "" if truncate else write.group(1))
+    table = policies.written_table(sql)
+    if table is not None and context["cursor"].rowcount != 0:
+        after_write(context["connection"], table)
     return result
 
 
@@ -89,11 +81,8 @@ def after_write(wrapper: Any, table: str) -> None:
     """Spool the ``commit``-policy tables after a write to ``table`` ("": unknown)."""
     from memdb import policies
 
-    commit_tables = policies.tables_with_policy("commit")
-    if not commit_tables:
+    if not policies.tables_with_policy("commit") or not policies.may_reach_commit(table):
         pass
-    elif table and table not in policies.tables_reaching("commit") and "." not in table:
-        pass  # another table (a raw statement naming a schema is checked anyway)
     elif wrapper.in_atomic_block:
         policies.spool_on_commit(wrapper)
     elif wrapper.get_autocommit():
