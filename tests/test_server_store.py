@@ -812,6 +812,60 @@ def test_a_write_to_a_table_without_the_commit_policy_asks_nothing_more(default_
     assert result["stored"] >= 2
 
 
+PRIVATE = """
+from django.db import connections
+from memdb import server
+
+asked = []
+real = type(server.private()).is_usable
+type(server.private()).is_usable = lambda self: asked.append(1) or real(self)
+first = server.private()
+CommitScore.objects.create(player="a", points=1)  # a commit write: many uses of it
+in_a_write = len(asked)
+
+try:  # an error on it, the server still there: asked once, kept
+    server.private().cursor().execute("SELECT * FROM no_such_table")
+except Exception:
+    pass
+kept = server.private() is first and len(asked) == in_a_write + 1
+
+server.close_all()  # closed under it: opened anew
+reopened = server.private() is not first
+
+server.IDLE_CHECK = 0.2
+dropped = server.private()
+with dropped.cursor() as cursor:
+    cursor.execute("SELECT pg_backend_pid()" if dropped.vendor == "postgresql"
+                   else "SELECT CONNECTION_ID()")
+    (session,) = cursor.fetchone()
+with connections["default"].cursor() as cursor:  # the server ends that session
+    cursor.execute("SELECT pg_terminate_backend(%s)" if dropped.vendor == "postgresql"
+                   else "KILL %s", [session])
+time.sleep(0.3)  # idle for longer than IDLE_CHECK: asked, found gone, opened anew
+CommitScore.objects.create(player="b", points=2)
+report(in_a_write=in_a_write, kept=kept, reopened=reopened,
+       replaced=server.private() is not dropped, rows=rows(CommitScore))
+"""
+
+
+@server_store
+def test_the_private_connection_asks_the_server_only_after_an_error_or_a_pause(
+    default_db: str,
+) -> None:
+    """memdb's own connection asked the server whether it still answered (a ``SELECT 1``,
+    a round trip) at each use, seven times per ``commit`` write. It asks after an error
+    on it, or once it sat unused a while: a session the server ended meanwhile is
+    replaced before the next write, which succeeds."""
+    result = run(PRIVATE, server_env(default_db), migrate=True)
+    assert result == {
+        "in_a_write": 0,
+        "kept": True,
+        "reopened": True,
+        "replaced": True,
+        "rows": [[1, "a", 1], [2, "b", 2]],
+    }
+
+
 TRUNCATED = """
 from django.db import connections
 CommitScore.objects.create(player="a", points=1)
