@@ -279,11 +279,8 @@ def _database_action_warnings(model: Any) -> list[checks.CheckMessage]:
     """On a MariaDB server store: each key whose ``on_delete`` the database would run
     (Django 6.1's ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``), which a
     ``MEMORY`` table, having no foreign keys, never runs."""
-    from django.db.models import deletion
+    from .registry import database_delete_keys
 
-    actions = getattr(deletion, "DatabaseOnDelete", None)
-    if actions is None:
-        return []
     return [
         checks.Warning(
             f"{model._meta.label}.{f.name} has on_delete={f.remote_field.on_delete}, which "
@@ -295,8 +292,7 @@ def _database_action_warnings(model: Any) -> list[checks.CheckMessage]:
             obj=f,
             id=W005,
         )
-        for f in model._meta.local_fields
-        if f.remote_field is not None and isinstance(f.remote_field.on_delete, actions)
+        for f in database_delete_keys(model)
     ]
 
 

@@ -46,18 +46,14 @@ def tables_reaching(policy: str) -> frozenset[str]:
     changes the rows pointing at it, in a statement that names only its own table),
     and so on up."""
     from django.apps import apps
-    from django.db.models import deletion
+
+    from .registry import database_delete_keys
 
     reached = set(tables_with_policy(policy))
-    database_actions = getattr(deletion, "DatabaseOnDelete", None)
-    if database_actions is None:  # before Django 6.1: the ORM deletes row by row
-        return frozenset(reached)
     keys = [
         (model._meta.db_table, field.related_model._meta.db_table)
         for model in apps.get_models(include_auto_created=True)
-        for field in model._meta.concrete_fields
-        if field.related_model is not None
-        and isinstance(getattr(field.remote_field, "on_delete", None), database_actions)
+        for field in database_delete_keys(model)
     ]
     grown = True
     while grown:

@@ -48,6 +48,22 @@ def model_name_of(model: ModelType) -> str:
     return model.__name__
 
 
+def database_delete_keys(model: ModelType) -> list[Any]:
+    """The keys of ``model`` whose ``on_delete`` the database runs itself (Django 6.1's
+    ``DB_CASCADE``, ``DB_SET_NULL``, ``DB_SET_DEFAULT``); none before Django 6.1."""
+    from django.db.models import deletion
+
+    actions = getattr(deletion, "DatabaseOnDelete", None)
+    if actions is None:
+        return []
+    return [
+        field
+        for field in model._meta.local_concrete_fields
+        if field.related_model is not None
+        and isinstance(getattr(field.remote_field, "on_delete", None), actions)
+    ]
+
+
 def memory_models() -> list[ModelType]:
     """Every memory model, auto-created M2M tables included, parents before children."""
     found = [m for m in apps.get_models(include_auto_created=True) if is_memory_model(m)]

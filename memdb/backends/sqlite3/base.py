@@ -141,10 +141,11 @@ def _track_writes(execute: Any, sql: str, params: Any, many: bool, context: dict
         wrapper._memdb_changes_seen = changes
         from memdb import policies
 
-        table = policies.written_table(sql)
         if not policies.tables_with_policy("commit"):
             pass
-        elif table is not None and not policies.may_reach_commit(table):
+        elif (table := policies.written_table(sql)) is not None and not (
+            policies.may_reach_commit(table)
+        ):
             pass
         elif wrapper.in_atomic_block:
             policies.spool_on_commit(wrapper)
